@@ -1,0 +1,42 @@
+"""jaxprune: pure-functional weight pruning and dropout for JAX.
+
+A mask is a pytree of bool arrays beside the params (True = keep, None = not
+prunable); ``apply_mask`` inside a jitted step is all a model needs.
+"""
+
+from jaxprune.masks import (
+    LayerStats,
+    Summary,
+    apply_mask,
+    finalize,
+    init_masks,
+    pack_masks,
+    sparsity,
+    summary,
+    unpack_masks,
+)
+from jaxprune.prune import prune
+from jaxprune.scores import magnitude, random, saliency
+from jaxprune.structures import NM, Block, Structured, Unstructured
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NM",
+    "Block",
+    "LayerStats",
+    "Structured",
+    "Summary",
+    "Unstructured",
+    "apply_mask",
+    "finalize",
+    "init_masks",
+    "magnitude",
+    "pack_masks",
+    "prune",
+    "random",
+    "saliency",
+    "sparsity",
+    "summary",
+    "unpack_masks",
+]

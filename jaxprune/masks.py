@@ -1,0 +1,236 @@
+"""Masks as data: a pytree of bool arrays beside the params (True = keep).
+
+A mask tree has the structure of its params tree, with a bool array of the
+leaf's shape where the leaf is prunable and ``None`` elsewhere. Nothing is
+renamed or copied: ``apply_mask`` zeros the pruned entries wherever it is
+called (inside ``jit``, ``grad``, ``vmap`` or ``lax.scan``), and ``finalize``
+bakes the zeros into plain params with the same keys.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import tree_util
+
+from jaxprune._tree import PyTree, is_floating, is_none, leaves_with_paths, map_masked, unflatten
+
+Where = Callable[[str, Any], bool] | str | PyTree | None
+
+
+def _default_where(path: str, leaf: Any) -> bool:
+    return getattr(leaf, "ndim", 0) >= 2
+
+
+def _where_predicate(params: PyTree, where: Where) -> list[bool]:
+    """One flag per leaf of ``params`` (flattened with ``None`` as a leaf)."""
+    flat, _ = leaves_with_paths(params)
+    if where is None:
+        return [_default_where(p, x) for p, x in flat]
+    if isinstance(where, str):
+        try:
+            pattern = re.compile(where)
+        except re.error as e:
+            raise ValueError(f"`where` is not a valid regular expression: {where!r} ({e}).") from None
+        return [pattern.search(p) is not None for p, _ in flat]
+    if callable(where):
+        return [bool(where(p, x)) for p, x in flat]
+    # A pytree prefix of bools: broadcast each flag over the subtree below it.
+    try:
+        flags = tree_util.tree_map(
+            lambda flag, sub: tree_util.tree_map(lambda _: flag, sub, is_leaf=is_none),
+            where,
+            params,
+            is_leaf=is_none,
+        )
+    except ValueError as e:
+        raise ValueError(
+            "`where` must be a callable (path, leaf) -> bool, a regular expression for the "
+            f"'/'-joined path, or a pytree prefix of `params` with bool leaves; the tree given is "
+            f"not a prefix of `params`: {e}"
+        ) from None
+    values = [f for _, f in leaves_with_paths(flags)[0]]
+    for v in values:
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"`where` as a pytree prefix must have bool leaves, got {type(v).__name__}.")
+    return values
+
+
+def init_masks(params: PyTree, where: Where = None) -> PyTree:
+    """All-True masks for the prunable leaves of ``params``, ``None`` for the rest.
+
+    Only floating-point array leaves can be prunable (step counters and other
+    integer leaves never are). Among those, ``where`` chooses:
+
+    * ``None`` (default): every leaf with ``ndim >= 2`` (kernels, embeddings,
+      convolutions); biases and norm scales are left out.
+    * a string: a regular expression searched (``re.search``) in the leaf's
+      ``/``-joined path, e.g. ``"encoder/.*/kernel"``.
+    * a callable ``(path: str, leaf) -> bool``.
+    * a pytree prefix of ``params`` with bool leaves, e.g. ``{"encoder": True, "head": False}``.
+
+    Works on plain dicts, Flax Linen ``params`` and Flax NNX ``nnx.State``
+    (the masks of an ``nnx.State`` are an ``nnx.State`` too).
+
+    Args:
+      params: the parameter pytree.
+      where: which leaves to make prunable, as above.
+
+    Returns:
+      A pytree of the structure of ``params``: ``bool`` arrays of True (same
+      shape and, for ``jax.Array`` leaves, same sharding) or ``None``.
+
+    Raises:
+      ValueError: ``where`` selects no floating-point leaf (the message lists the paths).
+    """
+    flat, treedef = leaves_with_paths(params)
+    flags = _where_predicate(params, where)
+    chosen = [bool(f) and x is not None and is_floating(x) for (_, x), f in zip(flat, flags)]
+    if not any(chosen):
+        paths = ", ".join(repr(p) for p, x in flat if x is not None) or "none"
+        what = "the default rule (floating-point leaves with ndim >= 2)" if where is None else f"`where`={where!r}"
+        raise ValueError(f"{what} selects no floating-point leaf of `params`; its leaf paths are: {paths}.")
+    masks = [jnp.ones_like(x, dtype=bool) if c else None for (_, x), c in zip(flat, chosen)]
+    return unflatten(treedef, masks)
+
+
+def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
+    """Zeros the pruned entries of ``params``; leaves whose mask is ``None`` pass through.
+
+    Use it inside the jitted loss: the gradient at pruned entries is then
+    exactly zero. ``jnp.where`` rather than a multiply, so a NaN or inf in a
+    pruned weight does not leak through as NaN.
+
+    Raises:
+      ValueError, TypeError: ``masks`` does not mirror ``params`` (the message
+        names the first differing path).
+    """
+    return map_masked(lambda p, m: jnp.where(m, p, jnp.zeros((), p.dtype)), params, masks)
+
+
+def finalize(params: PyTree, masks: PyTree) -> PyTree:
+    """Plain params with the zeros baked in: same tree, same keys, same dtypes.
+
+    What you save, export or evaluate after pruning; a model that never heard
+    of jaxprune loads it as it is. (``apply_mask`` under another name, for the
+    end of training.)
+    """
+    return apply_mask(params, masks)
+
+
+def _mask_leaves(masks: PyTree) -> list[tuple[str, jax.Array]]:
+    leaves = [(p, m) for p, m in leaves_with_paths(masks)[0] if m is not None]
+    if not leaves:
+        raise ValueError("`masks` has no prunable leaf (every leaf is None); build it with jp.init_masks(params).")
+    for p, m in leaves:
+        if getattr(m, "dtype", None) != jnp.bool_:
+            raise TypeError(f"`masks` leaf {p!r} must be a bool array, got {getattr(m, 'dtype', type(m).__name__)}.")
+    return leaves
+
+
+def sparsity(masks: PyTree) -> jax.Array:
+    """Fraction of prunable weights that are pruned (a float32 scalar; works under ``jit``)."""
+    leaves = _mask_leaves(masks)
+    total = sum(int(m.size) for _, m in leaves)
+    kept = sum(jnp.sum(m, dtype=jnp.int32) for _, m in leaves)
+    return 1.0 - kept.astype(jnp.float32) / jnp.float32(total)
+
+
+class LayerStats(NamedTuple):
+    """One prunable leaf in a ``Summary``."""
+
+    path: str
+    shape: tuple[int, ...]
+    kept: int
+    total: int
+    sparsity: float
+
+
+class Summary(NamedTuple):
+    """Per-layer sparsity: ``rows`` as data, ``str(summary)`` as a table."""
+
+    rows: tuple[LayerStats, ...]
+    kept: int
+    total: int
+    sparsity: float
+
+    def __str__(self) -> str:
+        header = ("path", "shape", "kept", "total", "sparsity")
+        lines = [
+            (r.path, "x".join(map(str, r.shape)) or "scalar", f"{r.kept:,}", f"{r.total:,}", f"{r.sparsity:.2%}")
+            for r in self.rows
+        ]
+        lines.append(("total", "", f"{self.kept:,}", f"{self.total:,}", f"{self.sparsity:.2%}"))
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+        right = (False, False, True, True, True)
+
+        def fmt(row):
+            return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        return "\n".join([fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])])
+
+
+def summary(masks: PyTree) -> Summary:
+    """Per-layer table of kept/total weights: where the sparsity went.
+
+    Not for use under ``jit`` (it reads the counts back to the host).
+
+    Example:
+      >>> print(jp.summary(masks))            # doctest: +SKIP
+      path             shape     kept   total  sparsity
+      ...
+    """
+    leaves = _mask_leaves(masks)
+    kept = jax.device_get([jnp.sum(m, dtype=jnp.int32) for _, m in leaves])
+    rows = tuple(
+        LayerStats(p, tuple(m.shape), int(k), int(m.size), 1.0 - int(k) / m.size if m.size else 0.0)
+        for (p, m), k in zip(leaves, kept)
+    )
+    total = sum(r.total for r in rows)
+    k = sum(r.kept for r in rows)
+    return Summary(rows, k, total, 1.0 - k / total if total else 0.0)
+
+
+def pack_masks(masks: PyTree) -> PyTree:
+    """Packs every mask leaf into ``uint8`` bits (1 bit per weight, row-major, big-endian bit order).
+
+    ``None`` leaves stay ``None``. ``unpack_masks(pack_masks(m), m) == m`` exactly.
+    """
+    _mask_leaves(masks)
+    return jax.tree.map(lambda m: None if m is None else jnp.packbits(m.reshape(-1)), masks, is_leaf=is_none)
+
+
+def unpack_masks(packed: PyTree, like: PyTree) -> PyTree:
+    """Inverse of ``pack_masks``; ``like`` gives the shapes (the params, the masks or ``ShapeDtypeStruct``s).
+
+    Raises:
+      ValueError: ``packed`` does not mirror ``like`` or holds the wrong number
+        of bytes for a leaf (the message names the path).
+    """
+    p_flat, p_def = leaves_with_paths(packed)
+    l_flat, l_def = leaves_with_paths(like)
+    if p_def != l_def:
+        from jaxprune._tree import first_difference
+
+        raise ValueError(f"`packed` does not have the structure of `like`: {first_difference(packed, like)}.")
+    out = []
+    for (path, b), (_, ref) in zip(p_flat, l_flat):
+        if b is None:
+            out.append(None)
+            continue
+        shape = tuple(ref.shape)
+        n = math.prod(shape)
+        if getattr(b, "dtype", None) != jnp.uint8 or b.shape != ((n + 7) // 8,):
+            raise ValueError(
+                f"`packed` leaf {path!r} must be uint8[{(n + 7) // 8}] for a mask of shape {shape}, "
+                f"got {getattr(b, 'dtype', type(b).__name__)}{list(getattr(b, 'shape', ()))}."
+            )
+        out.append(jnp.unpackbits(b, count=n).astype(bool).reshape(shape))
+    return unflatten(p_def, out)

@@ -1,0 +1,31 @@
+"""Importance scores: pytrees of arrays with the params' structure; higher = more important.
+
+Any such pytree is a valid score for ``prune``; these are the common ones.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune._tree import PyTree, is_none, leaves_with_paths, unflatten
+
+
+def magnitude(params: PyTree) -> PyTree:
+    """``|w|``: magnitude pruning (Han et al. 2015), PyTorch's L1 unstructured criterion."""
+    return jax.tree.map(lambda p: None if p is None else jnp.abs(p), params, is_leaf=is_none)
+
+
+def random(key: jax.Array, params: PyTree) -> PyTree:
+    """Uniform [0, 1) scores drawn from ``key``, one independent stream per leaf: random pruning."""
+    flat, treedef = leaves_with_paths(params)
+    keys = jax.random.split(key, max(len(flat), 1))
+    return unflatten(
+        treedef,
+        [None if p is None else jax.random.uniform(k, jnp.shape(p)) for k, (_, p) in zip(keys, flat)],
+    )
+
+
+def saliency(params: PyTree, grads: PyTree) -> PyTree:
+    """``|w * g|``: first-order saliency, as in SNIP (Lee et al. 2019) with ``grads`` of the loss."""
+    return jax.tree.map(lambda p, g: None if p is None else jnp.abs(p * g), params, grads, is_leaf=is_none)

@@ -1,0 +1,298 @@
+"""Exact k-smallest selection over many arrays at once, without sorting them.
+
+``lowest_k`` marks, in each group of leaves, exactly ``k`` entries with the
+lowest scores. Sorting all N scores costs O(N log N) and gathers everything in
+one place; instead this searches for the k-th lowest score over its 32-bit
+pattern (its *key*, see ``order_keys``):
+
+1. A strided sample of about 65k scores per group is sorted; its quantiles
+   around ``k/N`` give a bracket of keys that holds the threshold with
+   overwhelming probability. One counting pass over all scores checks this
+   (a wrong bracket only costs passes, never a wrong answer).
+2. Each further pass counts, for two probe keys inside the bracket, how many
+   scores lie at or below each, and keeps the third of the bracket that holds
+   the threshold, until it is a single key. Counting is a fused elementwise
+   compare and sum per leaf, so sharded leaves are counted where they live
+   and only a few integers cross devices.
+3. Ties at the threshold are resolved by a second search of the same kind over
+   the entries' flat positions; it runs only when there is a tie to break.
+
+Order (lowest first, i.e. selected first):
+  masked-out  <  NaN  <  -inf  <  negative  <  0  <  positive  <  +inf,
+where 0 takes in -0.0 and the float32 subnormals (|x| < 1.18e-38), which CPUs
+and GPUs flush to zero in arithmetic anyway, so every platform agrees;
+among equal keys, the entry earlier in flat order (leaves in ``jax.tree``
+flatten order, then row-major position within a leaf) is selected first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_U32 = jnp.uint32
+_MAX = 0xFFFFFFFF
+_MASKED, _NAN = 0, 1  # the two lowest keys; every non-NaN float maps above them
+_NEG_INF, _POS_INF = 0x007FFFFF, 0xFF800000
+_ZERO, _NEG_TINY, _POS_TINY = 0x80000000, 0x7F7FFFFF, 0x80800000  # keys of 0, -FLT_MIN, +FLT_MIN
+_PROBES = 2  # probes counted per pass; two packed in one sum measured fastest on CPU
+_ROW = 32  # entries summed per partial count (each byte field holds at most 255)
+_SAMPLE = 1 << 16  # sample size per group for the initial bracket
+_SIGMAS = 4.0  # bracket half-width, in binomial standard deviations of the sample rank
+_STEP_TIES = 16  # up to this many ties to take, step through them instead of searching
+
+
+def order_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
+    """Maps scores to uint32 keys whose unsigned order is the selection order above."""
+    # Bit operations only: float compares would depend on the platform's
+    # flushing of subnormals.
+    u = lax.bitcast_convert_type(scores.astype(jnp.float32), _U32)
+    magnitude = u & _U32(0x7FFFFFFF)
+    # Flip negatives entirely and set the sign bit of positives: unsigned order
+    # is then float order, and -inf lands at 0x007FFFFF, leaving 0 and 1 free.
+    key = jnp.where((u >> 31) == 1, ~u, u | _U32(_ZERO))
+    key = jnp.where(magnitude < _U32(0x00800000), _U32(_ZERO), key)
+    key = jnp.where(magnitude > _U32(0x7F800000), _U32(_NAN), key)
+    return jnp.where(alive, key, _U32(_MASKED))
+
+
+def _key_to_float(key: jax.Array) -> jax.Array:
+    """A float bound b with ``score <= b`` exactly when ``order_keys(score) <= key``, for real scores.
+
+    Only meaningful for keys >= the key of -inf. Keys above +inf's are NaN bit
+    patterns and clamp to +inf. Keys of subnormals and -0.0 are never produced
+    (those scores key as 0): below zero the bound is -FLT_MIN, and from zero up
+    to +FLT_MIN it is the largest subnormal, which holds whether or not the
+    platform flushes subnormals to zero in the compare.
+    """
+    key = jnp.clip(key, _U32(_NEG_INF), _U32(_POS_INF))
+    key = jnp.where((key > _U32(_NEG_TINY)) & (key < _U32(_ZERO)), _U32(_NEG_TINY), key)
+    key = jnp.where((key >= _U32(_ZERO)) & (key < _U32(_POS_TINY)), _U32(_POS_TINY - 1), key)
+    u = jnp.where(key >= _U32(_ZERO), key & _U32(0x7FFFFFFF), ~key)
+    return lax.bitcast_convert_type(u, jnp.float32)
+
+
+def count_true(preds: Sequence[jax.Array]) -> jax.Array:
+    """Counts the True entries of each bool array (all one shape); returns uint32[len(preds)].
+
+    Up to four predicates are packed into the bytes of one uint32 and summed in
+    rows of 32 entries, so one pass over memory counts all of them; XLA
+    vectorises this narrow unsigned sum far better than separate int32 sums.
+    """
+    shape = preds[0].shape
+    last = shape[-1] if shape else 1
+    if len(preds) > 4 or last == 0 or not (last % _ROW == 0 or last <= 255):
+        return jnp.stack([jnp.sum(p, dtype=_U32) for p in preds])
+    packed = sum(p.astype(_U32) << (8 * j) for j, p in enumerate(preds))
+    width = _ROW if last % _ROW == 0 else last
+    rows = jnp.sum(packed.reshape(*shape[:-1], last // width, width), axis=-1, dtype=_U32)
+    return jnp.stack([jnp.sum((rows >> (8 * j)) & _U32(255), dtype=_U32) for j in range(len(preds))])
+
+
+def _flat_index(shape: tuple[int, ...], offset: int) -> jax.Array:
+    """Row-major flat position of every entry, plus ``offset``, as uint32."""
+    idx = jnp.full(shape, offset, _U32)
+    stride = 1
+    for d in reversed(range(len(shape))):
+        idx = idx + lax.broadcasted_iota(_U32, shape, d) * _U32(stride)
+        stride *= shape[d]
+    return idx
+
+
+def _strided_sample(x: jax.Array, stride: int) -> jax.Array:
+    """About ``x.size / stride`` entries of ``x``, spread over every axis, flattened."""
+    index = []
+    left = stride
+    for d, n in enumerate(x.shape):
+        dims_left = x.ndim - d
+        step = min(n, max(1, round(left ** (1.0 / dims_left))))
+        if step > 1:
+            step |= 1  # odd strides alias less with power-of-two structure
+        index.append(slice(None, None, step))
+        left = max(1, left // step)
+    return x[tuple(index)].reshape(-1)
+
+
+def _search(
+    count_at: Callable[[jax.Array], jax.Array], interval: tuple[jax.Array, ...], k: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Smallest t with count_at(t) >= k, per group, and the counts just below and at it.
+
+    ``interval`` is (lo, hi, count_at(lo - 1), count_at(hi)), uint32[G] each,
+    with count_at(lo - 1) < k <= count_at(hi). ``count_at`` maps probes
+    uint32[G, P] to counts uint32[G, P] and is non-decreasing in t. Each pass
+    keeps a 1/(P+1) part of [lo, hi]. Returns (t, count_at(t - 1), count_at(t)).
+    """
+    j = jnp.arange(1, _PROBES + 1, dtype=_U32)
+
+    def body(carry):
+        lo, hi, below, upto = carry
+        span = hi - lo
+        step = span // _U32(_PROBES + 1) + _U32(1)
+        probes = lo[:, None] + jnp.minimum(j * step[:, None], span[:, None]) - _U32(1)  # in [lo, hi-1]
+        counts = count_at(probes)
+        # Counts grow with the probe, so the probes short of k come first.
+        short = jnp.sum(counts < k[:, None], axis=1)
+        last_short = jnp.maximum(short, 1)[:, None] - 1
+        first_enough = jnp.minimum(short, _PROBES - 1)[:, None]
+        take = lambda a, i: jnp.take_along_axis(a, i, axis=1)[:, 0]  # noqa: E731
+        active = lo < hi
+        raise_lo = active & (short > 0)
+        lower_hi = active & (short < _PROBES)
+        return (
+            jnp.where(raise_lo, take(probes, last_short) + _U32(1), lo),
+            jnp.where(lower_hi, take(probes, first_enough), hi),
+            jnp.where(raise_lo, take(counts, last_short), below),
+            jnp.where(lower_hi, take(counts, first_enough), upto),
+        )
+
+    lo, _, below, upto = lax.while_loop(lambda c: jnp.any(c[0] < c[1]), body, interval)
+    return lo, below, upto
+
+
+def lowest_k(
+    scores: Sequence[jax.Array], alive: Sequence[jax.Array], groups: Sequence[int], k: jax.Array
+) -> list[jax.Array]:
+    """Marks exactly ``k[g]`` lowest entries in each group; returns bool arrays shaped like ``scores``.
+
+    Args:
+      scores: float arrays, one per leaf.
+      alive: bool arrays of the same shapes; False entries rank lowest of all.
+      groups: the group (0..G-1) of each leaf. Leaves of a group compete with
+        each other: one group is global selection, one group per leaf is per layer.
+      k: int array [G], how many entries to mark per group, 0 <= k[g] <= group size.
+    """
+    num_groups = int(k.shape[0])
+    members: list[list[int]] = [[] for _ in range(num_groups)]
+    offsets, sizes = [], [0] * num_groups
+    for i, (s, g) in enumerate(zip(scores, groups)):
+        members[g].append(i)
+        offsets.append(sizes[g])
+        sizes[g] += int(s.size)
+    floats = [s.astype(jnp.float32) for s in scores]
+    k = k.astype(_U32)
+    want = jnp.maximum(k, _U32(1))  # k == 0 is masked out at the end
+
+    def by_group(per_leaf: list[jax.Array]) -> jax.Array:
+        return jnp.stack([sum((per_leaf[i] for i in m), jnp.zeros_like(per_leaf[0])) for m in members])
+
+    # Entries below every real float: the masked-out ones, then the NaNs.
+    special = by_group([count_true([~a, a & jnp.isnan(s)]) for s, a in zip(floats, alive)])
+    masked, below_reals = special[:, 0], special[:, 0] + special[:, 1]
+
+    def count_le(t: jax.Array) -> jax.Array:
+        bound = _key_to_float(t)
+        reals = by_group(
+            [count_true([a & (s <= bound[g, p]) for p in range(t.shape[1])]) for s, a, g in zip(floats, alive, groups)]
+        )
+        base = jnp.where(t >= _U32(_NAN), below_reals[:, None], masked[:, None])
+        return base + jnp.where(t >= _U32(_NEG_INF), reals, _U32(0))
+
+    thresh, below, upto = _search(count_le, _bracket(floats, alive, members, sizes, want, count_le), want)
+
+    # Entries keyed at the threshold tie; take the first (want - below) of them
+    # in flat order. That costs a pass only when some group has excess ties.
+    # (Keys are recomputed in each fused pass rather than stored: writing N
+    # fresh uint32 costs more than recomputing them.)
+    def tied() -> list[jax.Array]:
+        return [order_keys(s, a) == thresh[g] for s, a, g in zip(floats, alive, groups)]
+
+    ends = jnp.asarray(sizes, _U32)
+    excess = upto > want
+    cut = lax.cond(
+        jnp.any(excess),
+        lambda: jnp.where(excess, _nth_true(tied(), members, offsets, want - below), ends),
+        lambda: ends,
+    )
+    keys = [order_keys(s, a) for s, a in zip(floats, alive)]
+    indices = [_flat_index(s.shape, off) for s, off in zip(scores, offsets)]
+    return [
+        ((key < thresh[g]) | ((key == thresh[g]) & (idx < cut[g]))) & (k[g] > 0)
+        for key, idx, g in zip(keys, indices, groups)
+    ]
+
+
+def _nth_true(preds: Sequence[jax.Array], members: list[list[int]], offsets: list[int], n: jax.Array) -> jax.Array:
+    """Flat position (within its group) just past the n[g]-th True entry of each group.
+
+    Assumes each group has at least n[g] >= 1 True entries. Costs one counting
+    pass (True entries per row, i.e. per index of all axes but the last) plus
+    work on one row per leaf.
+    """
+    row_counts = [_row_count(p) for p in preds]
+    cuts = []
+    for g, m in enumerate(members):
+        counts = jnp.concatenate([row_counts[i].reshape(-1) for i in m]).astype(jnp.int32)
+        ends = jnp.cumsum(counts)
+        row = jnp.searchsorted(ends, n[g].astype(jnp.int32))  # first row whose running count reaches n
+        cut = jnp.zeros((), _U32)
+        first_row = 0
+        for i in m:
+            p = preds[i]
+            shape = p.shape if p.ndim else (1,)
+            rows = math.prod(shape[:-1])
+            local = jnp.clip(row - first_row, 0, rows - 1)
+            start = jnp.unravel_index(local, shape[:-1]) if len(shape) > 1 else ()
+            line = lax.dynamic_slice(p.reshape(shape), (*start, 0), (*(1,) * (len(shape) - 1), shape[-1])).reshape(-1)
+            before = jnp.where(row > 0, ends[jnp.maximum(row - 1, 0)], 0)
+            pos = jnp.searchsorted(jnp.cumsum(line.astype(jnp.int32)), n[g].astype(jnp.int32) - before)
+            here = (row >= first_row) & (row < first_row + rows)
+            cut = jnp.where(here, (offsets[i] + local * shape[-1] + pos + 1).astype(_U32), cut)
+            first_row += rows
+        cuts.append(cut)
+    return jnp.stack(cuts)
+
+
+def _row_count(pred: jax.Array) -> jax.Array:
+    """True entries along the last axis (uint32, shape ``pred.shape[:-1]``); narrow sums as in ``count_true``."""
+    if pred.ndim == 0:
+        return pred.astype(_U32)
+    last = pred.shape[-1]
+    if last % _ROW or last == 0:
+        return jnp.sum(pred, axis=-1, dtype=_U32)
+    chunks = jnp.sum(pred.astype(_U32).reshape(*pred.shape[:-1], last // _ROW, _ROW), axis=-1, dtype=_U32)
+    # The mask is a no-op (chunks <= 32) that stops XLA from merging the two
+    # sums into one wide reduction, which it vectorises poorly on CPU.
+    return jnp.sum(chunks & _U32(0xFF), axis=-1, dtype=_U32)
+
+
+def _bracket(floats, alive, members, sizes, want, count_le):
+    """Key interval [lo, hi] per group that holds the threshold, from a sorted sample.
+
+    The threshold is the smallest key t with count_le(t) >= want. The sample's
+    quantiles give a guess; one counting pass checks both ends and, where a
+    guess missed, falls back to the side of the key range that must hold it.
+    """
+    los, his = [], []
+    for g, m in enumerate(members):
+        stride = max(1, sizes[g] // _SAMPLE)
+        sample = jnp.sort(jnp.concatenate([order_keys(*_sample_pair(floats[i], alive[i], stride)) for i in m]))
+        n = sample.shape[0]
+        rank = want[g].astype(jnp.float32) * (n / sizes[g])
+        p = rank / n
+        margin = _SIGMAS * jnp.sqrt(n * p * (1 - p)) + 2.0
+        r_lo = jnp.floor(rank - margin).astype(jnp.int32) - 1
+        r_hi = jnp.ceil(rank + margin).astype(jnp.int32)
+        los.append(jnp.where(r_lo < 0, _U32(0), sample[jnp.clip(r_lo, 0, n - 1)]))
+        his.append(jnp.where(r_hi >= n, _U32(_MAX), sample[jnp.clip(r_hi, 0, n - 1)]))
+    lo, hi = jnp.stack(los), jnp.stack(his)
+    counts = count_le(jnp.stack([lo - _U32(1), hi], axis=1))  # lo - 1 wraps to MAX when lo == 0
+    at_lo = jnp.where(lo > 0, counts[:, 0], _U32(0))  # count below lo
+    at_hi = counts[:, 1]
+    too_high = at_lo >= want  # the threshold lies below lo
+    too_low = at_hi < want  # the threshold lies above hi
+    zero, size = jnp.zeros_like(lo), jnp.asarray(sizes, _U32)
+    return (
+        jnp.where(too_high, zero, jnp.where(too_low, hi + _U32(1), lo)),
+        jnp.where(too_high, lo - _U32(1), jnp.where(too_low, _U32(_MAX), hi)),
+        jnp.where(too_high, zero, jnp.where(too_low, at_hi, at_lo)),
+        jnp.where(too_high, at_lo, jnp.where(too_low, size, at_hi)),
+    )
+
+
+def _sample_pair(s: jax.Array, a: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:
+    return _strided_sample(s, stride), _strided_sample(a, stride)

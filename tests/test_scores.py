@@ -1,0 +1,36 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxprune as jp
+
+
+def test_magnitude_is_abs_and_keeps_none_leaves():
+    params = {"w": jnp.array([[-2.0, 1.0]]), "skip": None}
+    s = jp.magnitude(params)
+    np.testing.assert_array_equal(s["w"], [[2.0, 1.0]])
+    assert s["skip"] is None
+
+
+def test_random_is_keyed_uniform_and_independent_per_leaf():
+    params = {"a": jnp.zeros((100, 100)), "b": jnp.zeros((100, 100))}
+    s1 = jp.random(jax.random.key(0), params)
+    s2 = jp.random(jax.random.key(0), params)
+    s3 = jp.random(jax.random.key(1), params)
+    np.testing.assert_array_equal(s1["a"], s2["a"])
+    assert not np.array_equal(s1["a"], s3["a"])
+    assert not np.array_equal(s1["a"], s1["b"])
+    assert 0.0 <= float(s1["a"].min()) and float(s1["a"].max()) < 1.0
+    assert abs(float(s1["a"].mean()) - 0.5) < 0.02
+
+
+def test_saliency_is_abs_weight_times_grad():
+    params = {"w": jnp.array([[1.0, -2.0], [3.0, 0.5]])}
+    grads = {"w": jnp.array([[0.5, 0.5], [-1.0, 4.0]])}
+    np.testing.assert_array_equal(jp.saliency(params, grads)["w"], [[0.5, 1.0], [3.0, 2.0]])
+
+
+def test_random_scores_prune_a_random_but_exact_subset():
+    params = {"w": jnp.ones((50, 50))}
+    masks = jp.prune(jp.random(jax.random.key(3), params), jp.init_masks(params), sparsity=0.3)
+    assert int((~masks["w"]).sum()) == 750
