@@ -220,6 +220,9 @@ def _num_pruned(target: _Target, sizes: list[int], alive: jax.Array, scope: str)
     nj = jnp.asarray(sizes, jnp.uint32)
     alive = jnp.asarray(alive, jnp.uint32)
     already = nj - alive
+    if target.kind == "sparsity" and not _is_traced(target.value):
+        # N is static, so a Python target is still rounded exactly in Python.
+        return jnp.maximum(jnp.asarray([round(target.value * x) for x in sizes], jnp.uint32), already)
     if target.kind == "sparsity":
         s = jnp.nan_to_num(jnp.clip(jnp.asarray(target.value, jnp.float32), 0.0, 1.0), nan=0.0)
         return jnp.maximum(round_mul(s, nj), already)

@@ -1,0 +1,65 @@
+"""Run in a subprocess with 8 simulated CPU devices (see test_sharding.py)."""
+
+import json
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import jaxprune as jp
+
+
+def main():
+    assert jax.device_count() == 8, jax.devices()
+    rng = np.random.default_rng(0)
+    params = {
+        "a": rng.standard_normal((512, 256)).astype(np.float32),
+        "b": rng.integers(-20, 20, (256, 512)).astype(np.float32),  # many ties
+        "c": rng.standard_normal((64, 96)).astype(np.float32),
+    }
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+    specs = {
+        "a": PartitionSpec("data", "model"),
+        "b": PartitionSpec(None, ("data", "model")),
+        "c": PartitionSpec("data"),
+    }
+    sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+    single = {k: jax.device_put(v, jax.devices()[0]) for k, v in params.items()}
+
+    @jax.jit
+    def run(params, masks, s):
+        masks = jp.prune(jp.magnitude(params), masks, sparsity=s)
+        return jp.prune(jp.magnitude(params), masks, sparsity=s + 0.2, scope="layer")
+
+    out = {}
+    for name, p in (("sharded", sharded), ("single", single)):
+        masks = jp.init_masks(p)
+        out[name] = jax.device_get(run(p, masks, jnp.float32(0.6)))
+    same = all(np.array_equal(out["sharded"][k], out["single"][k]) for k in params)
+    counts = {k: int((~out["sharded"][k]).sum()) for k in params}
+    hlo = run.lower(sharded, jp.init_masks(sharded), jnp.float32(0.6)).compile().as_text()
+    # No collective may move a whole leaf: only counts and small samples cross devices.
+    op = r"(?:all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?"
+    moved = [
+        int(np.prod([int(d) for d in dims.split(",") if d]))
+        for dims in re.findall(r"= \w+\[([\d,]*)\]\S* " + op + r"\(", hlo)
+    ]
+    assert moved, "no collective found: the HLO pattern is stale"
+    masks_sharding = jp.init_masks(sharded)["a"].sharding
+    print(
+        json.dumps(
+            {
+                "same": same,
+                "counts": counts,
+                "largest_collective": max(moved),
+                "mask_sharding_kept": masks_sharding == sharded["a"].sharding,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
