@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import best_of, table, write  # noqa: E402
+from _common import best_of, table, write
 
-import jaxprune as jp  # noqa: E402
+import jaxprune as jp
 
 
 def main(argv=None) -> dict:

@@ -14,7 +14,6 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
