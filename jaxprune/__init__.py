@@ -4,6 +4,7 @@ A mask is a pytree of bool arrays beside the params (True = keep, None = not
 prunable); ``apply_mask`` inside a jitted step is all a model needs.
 """
 
+from jaxprune import schedules
 from jaxprune.masks import (
     LayerStats,
     Summary,
@@ -15,7 +16,9 @@ from jaxprune.masks import (
     summary,
     unpack_masks,
 )
+from jaxprune.optim import masked_optimizer, zero_pruned
 from jaxprune.prune import prune
+from jaxprune.pruner import Pruner, PrunerState, rewind
 from jaxprune.scores import magnitude, random, saliency
 from jaxprune.structures import NM, Block, Structured, Unstructured
 
@@ -25,6 +28,8 @@ __all__ = [
     "NM",
     "Block",
     "LayerStats",
+    "Pruner",
+    "PrunerState",
     "Structured",
     "Summary",
     "Unstructured",
@@ -32,11 +37,15 @@ __all__ = [
     "finalize",
     "init_masks",
     "magnitude",
+    "masked_optimizer",
     "pack_masks",
     "prune",
     "random",
+    "rewind",
     "saliency",
+    "schedules",
     "sparsity",
     "summary",
     "unpack_masks",
+    "zero_pruned",
 ]

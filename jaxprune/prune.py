@@ -82,6 +82,71 @@ def prune(
       TypeError: a non-number ``sparsity``/``amount``, an unknown structure, a
         non-bool mask.
     """
+    structure, s_flat, m_leaves, treedef, live = _checked(scores, masks, scope, structure)
+    new = list(m_leaves)
+    if isinstance(structure, NM):
+        if sparsity is not None or amount is not None:
+            raise ValueError(
+                f"NM({structure.n}, {structure.m}) fixes the sparsity at 1 - n/m; pass neither `sparsity` nor `amount`."
+            )
+        for i in live:
+            new[i] = _nm_keep(s_flat[i][1], m_leaves[i], structure=structure)
+        return unflatten(treedef, new)
+
+    target = _target(sparsity, amount)
+    groups = tuple(0 for _ in live) if scope == "global" else tuple(range(len(live)))
+    return _select_into(
+        s_flat, m_leaves, treedef, live, groups, structure, lambda n, a: _num_pruned(target, n, a, scope)
+    )
+
+
+def prune_to_targets(
+    scores: PyTree,
+    masks: PyTree,
+    leaf_targets: list[tuple[jax.Array, float] | None],
+    *,
+    scope: Scope = "global",
+    structure: Structure | None = None,
+) -> PyTree:
+    """``prune`` with a cumulative target per leaf, for ``Pruner`` (one selection pass for all).
+
+    ``leaf_targets`` has one entry per leaf of ``masks`` (flattened with
+    ``None`` as a leaf): ``None`` where the mask is ``None``, else
+    ``(target, final)``: a traced float32 target and the Python float the
+    schedule ends at. Leaves sharing a target object form one global ranking
+    (``scope="global"``); a target within ``2**-20`` of ``final`` is taken as
+    ``final`` exactly, so the last round prunes ``round(final * N)``.
+    """
+    structure, s_flat, m_leaves, treedef, live = _checked(scores, masks, scope, structure)
+    if isinstance(structure, NM):
+        raise ValueError("NM structures fix their sparsity; use prune(..., structure=NM(...)) instead of a schedule.")
+    owners: list[int] = []
+    group_targets: list[tuple[jax.Array, float]] = []
+    for i in live:
+        t = leaf_targets[i]
+        if t is None:
+            raise ValueError(f"leaf {s_flat[i][0]!r} is prunable but has no target.")
+        same = [g for g, other in enumerate(group_targets) if other is t]
+        if scope == "global" and same:
+            owners.append(same[0])
+        else:
+            owners.append(len(group_targets))
+            group_targets.append(t)
+
+    def counts(sizes, alive):
+        already = jnp.asarray(sizes, jnp.uint32) - jnp.asarray(alive, jnp.uint32)
+        ks = []
+        for (target, final), n in zip(group_targets, sizes):
+            s = jnp.nan_to_num(jnp.clip(jnp.asarray(target, jnp.float32), 0.0, 1.0), nan=0.0)
+            exact = jnp.uint32(round(final * n))
+            ks.append(jnp.where(jnp.abs(s - final) <= 2.0**-20, exact, round_mul(s, n)))
+        return jnp.maximum(jnp.stack(ks), already)
+
+    return _select_into(s_flat, m_leaves, treedef, live, tuple(owners), structure, counts)
+
+
+def _checked(scores, masks, scope, structure):
+    """Validates the arguments common to every prune; returns what the selection needs."""
     structure = Unstructured() if structure is None else structure
     if not isinstance(structure, _STRUCTURES):
         raise TypeError(
@@ -98,23 +163,16 @@ def prune(
         if not jnp.issubdtype(jnp.result_type(s), jnp.number):
             raise TypeError(f"`scores` leaf {path!r} must be numeric, got {jnp.result_type(s)}.")
         structure.check(path, tuple(m_leaves[i].shape))
+    return structure, s_flat, m_leaves, treedef, live
 
-    new = list(m_leaves)
-    if isinstance(structure, NM):
-        if sparsity is not None or amount is not None:
-            raise ValueError(
-                f"NM({structure.n}, {structure.m}) fixes the sparsity at 1 - n/m; pass neither `sparsity` nor `amount`."
-            )
-        for i in live:
-            new[i] = _nm_keep(s_flat[i][1], m_leaves[i], structure=structure)
-        return unflatten(treedef, new)
 
-    target = _target(sparsity, amount)
+def _select_into(s_flat, m_leaves, treedef, live, groups, structure, counts):
+    """Runs one selection over the live leaves with ``counts(sizes, alive) -> k`` and rebuilds the tree."""
     scores_l = [s_flat[i][1] for i in live]
     masks_l = [m_leaves[i] for i in live]
-    groups = tuple(0 for _ in live) if scope == "global" else tuple(range(len(live)))
     sizes, alive = _unit_counts(masks_l, groups, structure)
-    k = _num_pruned(target, sizes, alive, scope)
+    k = counts(sizes, alive)
+    new = list(m_leaves)
     for i, m in zip(live, _select(scores_l, masks_l, k, groups=groups, structure=structure)):
         new[i] = m
     return unflatten(treedef, new)

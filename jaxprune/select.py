@@ -39,7 +39,6 @@ _MAX = 0xFFFFFFFF
 _MASKED, _NAN = 0, 1  # the two lowest keys; every non-NaN float maps above them
 _NEG_INF, _POS_INF = 0x007FFFFF, 0xFF800000
 _ZERO, _NEG_TINY, _POS_TINY = 0x80000000, 0x7F7FFFFF, 0x80800000  # keys of 0, -FLT_MIN, +FLT_MIN
-_PROBES = 2  # probes counted per pass; two packed in one sum measured fastest on CPU
 _ROW = 32  # entries summed per partial count (each byte field holds at most 255)
 _SAMPLE = 1 << 16  # sample size per group for the initial bracket
 _SIGMAS = 4.0  # bracket half-width, in binomial standard deviations of the sample rank
@@ -124,33 +123,61 @@ def _search(
 
     ``interval`` is (lo, hi, count_at(lo - 1), count_at(hi)), uint32[G] each,
     with count_at(lo - 1) < k <= count_at(hi). ``count_at`` maps probes
-    uint32[G, P] to counts uint32[G, P] and is non-decreasing in t. Each pass
-    keeps a 1/(P+1) part of [lo, hi]. Returns (t, count_at(t - 1), count_at(t)).
+    uint32[G, 2] to counts uint32[G, 2] and is non-decreasing in t.
+
+    Each pass places two probes. While the counts behave as if the keys were
+    spread evenly over [lo, hi] (true of any smooth score distribution once
+    the interval is narrow) and the margin leaves less than a third of it, the
+    probes sit a few standard deviations either side of the linearly
+    interpolated answer, and the interval shrinks from m entries to about
+    6 sqrt(m) (or 4% of it, where curvature dominates). After a pass whose
+    answer fell outside the probes, the next pass splits [lo, hi] in three
+    equal parts, so the worst case stays within two passes per factor of three.
+    Returns (t, count_at(t - 1), count_at(t)).
     """
-    j = jnp.arange(1, _PROBES + 1, dtype=_U32)
+    f32 = jnp.float32
 
     def body(carry):
-        lo, hi, below, upto = carry
+        lo, hi, below, upto, guess = carry
         span = hi - lo
-        step = span // _U32(_PROBES + 1) + _U32(1)
-        probes = lo[:, None] + jnp.minimum(j * step[:, None], span[:, None]) - _U32(1)  # in [lo, hi-1]
+        third = span // _U32(3) + _U32(1)
+        even = jnp.stack([lo + jnp.minimum(third, span) - _U32(1), lo + jnp.minimum(2 * third, span) - _U32(1)], 1)
+        # Interpolated guess of the answer's offset in [0, span], and a margin
+        # of 3 binomial standard deviations of the entries in between.
+        inside = jnp.maximum((upto - below).astype(f32), 1.0)
+        frac = (k - below).astype(f32) / inside
+        center = frac * span.astype(f32)
+        # The 2% term covers curvature: the density is not quite even across a
+        # wide interval (|N(0, 1)| changes ~8% across the first bracket).
+        margin = span.astype(f32) * (3.0 * jnp.sqrt(frac * (1 - frac) * inside + 1.0) / inside + 0.02) + 1.0
+
+        def offset(x):  # float offset -> uint32 in [0, span - 1]; float32 is coarse near 2**32
+            return jnp.minimum(jnp.clip(x, 0.0, 4294967040.0).astype(_U32), span - _U32(1))
+
+        smart = jnp.stack([lo + offset(center - margin), lo + offset(center + margin)], 1)
+        # Interpolate only where it beats the even split: a wide margin (few
+        # entries left across many keys) would shrink the interval by only a
+        # little each pass.
+        narrow = 6.0 * margin < span.astype(f32)
+        probes = jnp.where((guess & narrow)[:, None], smart, even)  # all in [lo, hi - 1]
         counts = count_at(probes)
         # Counts grow with the probe, so the probes short of k come first.
         short = jnp.sum(counts < k[:, None], axis=1)
-        last_short = jnp.maximum(short, 1)[:, None] - 1
-        first_enough = jnp.minimum(short, _PROBES - 1)[:, None]
-        take = lambda a, i: jnp.take_along_axis(a, i, axis=1)[:, 0]  # noqa: E731
+        take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=1)[:, 0]  # noqa: E731
+        last_short, first_enough = jnp.maximum(short, 1) - 1, jnp.minimum(short, 1)
         active = lo < hi
         raise_lo = active & (short > 0)
-        lower_hi = active & (short < _PROBES)
+        lower_hi = active & (short < 2)
         return (
             jnp.where(raise_lo, take(probes, last_short) + _U32(1), lo),
             jnp.where(lower_hi, take(probes, first_enough), hi),
             jnp.where(raise_lo, take(counts, last_short), below),
             jnp.where(lower_hi, take(counts, first_enough), upto),
+            short == 1,  # the answer fell between the probes: keep interpolating
         )
 
-    lo, _, below, upto = lax.while_loop(lambda c: jnp.any(c[0] < c[1]), body, interval)
+    guess = jnp.ones_like(interval[0], bool)
+    lo, _, below, upto, _ = lax.while_loop(lambda c: jnp.any(c[0] < c[1]), body, (*interval, guess))
     return lo, below, upto
 
 

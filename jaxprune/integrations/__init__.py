@@ -1,0 +1,1 @@
+"""Framework integrations: ``jaxprune.integrations.flax`` (NNX and Linen)."""

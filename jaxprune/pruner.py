@@ -1,0 +1,184 @@
+"""``Pruner``: iterative pruning inside a jitted training loop, optax style.
+
+    pruner = jp.Pruner(schedule=jp.schedules.linear(0.9, rounds=10, every=100))
+    state = pruner.init(params)
+    ...
+    state = pruner.update(state, params, step)        # inside the jitted train step
+    params_used = jp.apply_mask(params, state.masks)
+
+``update`` recomputes masks (under ``lax.cond``) only when the schedule's
+target rises above the one last applied, so the whole loop compiles once and
+non-pruning steps cost a comparison.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxprune import scores as scores_lib
+from jaxprune._tree import PyTree, leaves_with_paths, unflatten
+from jaxprune.masks import Where, apply_mask, init_masks
+from jaxprune.prune import Scope, prune_to_targets
+from jaxprune.schedules import Schedule, constant
+from jaxprune.structures import Structure
+
+ScoreFn = Callable[[PyTree, PyTree | None, jax.Array | None], PyTree]
+_SCORES = ("magnitude", "random", "saliency")
+
+
+class PrunerState(NamedTuple):
+    """What a ``Pruner`` carries between steps (a pytree: jit, scan and checkpoint it)."""
+
+    masks: PyTree
+    targets: jax.Array  # float32[num_groups]: the cumulative target last applied per schedule
+    count: jax.Array  # int32: how many pruning rounds have run
+
+
+def _score_fn(score: str | ScoreFn) -> ScoreFn:
+    if callable(score):
+        return score
+    if score == "magnitude":
+        return lambda params, grads, key: scores_lib.magnitude(params)
+    if score == "random":
+
+        def random_score(params, grads, key):
+            if key is None:
+                raise ValueError("score='random' needs `key=` in Pruner.update.")
+            return scores_lib.random(key, params)
+
+        return random_score
+    if score == "saliency":
+
+        def saliency_score(params, grads, key):
+            if grads is None:
+                raise ValueError("score='saliency' needs `grads=` in Pruner.update.")
+            return scores_lib.saliency(params, grads)
+
+        return saliency_score
+    raise ValueError(f"`score` must be one of {_SCORES} or a callable (params, grads, key) -> scores, got {score!r}.")
+
+
+def _as_schedule(value: Schedule | float, name: str) -> Schedule:
+    if isinstance(value, Schedule):
+        return value
+    try:
+        return constant(value)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
+class Pruner:
+    """Iterative pruning on a schedule, with ``init``/``update`` like an optax transform.
+
+    Args:
+      score: ``"magnitude"`` (default), ``"random"`` (needs ``key``),
+        ``"saliency"`` (|w * g|, needs ``grads``), or a callable
+        ``(params, grads, key) -> scores``.
+      schedule: a ``Schedule`` (``jp.schedules.*``) or a float (constant
+        target from step 0); or a mapping from path regex to either, for
+        per-layer targets, e.g. ``{"out": geometric(0.1, 15), ".*": geometric(0.2, 15)}``.
+        A leaf follows the first pattern that ``re.search``-es its path;
+        prunable leaves matching none raise.
+      scope: ``"global"`` (one ranking per schedule group) or ``"layer"``
+        (each leaf on its own).
+      structure: as in ``prune``.
+      where: which leaves are prunable, as in ``init_masks``.
+    """
+
+    def __init__(
+        self,
+        score: str | ScoreFn = "magnitude",
+        schedule: Schedule | float | Mapping[str, Schedule | float] = 0.0,
+        scope: Scope = "global",
+        structure: Structure | None = None,
+        where: Where = None,
+    ):
+        self.score = _score_fn(score)
+        if isinstance(schedule, Mapping):
+            if not schedule:
+                raise ValueError("`schedule` as a mapping needs at least one pattern.")
+            self.patterns = [(re.compile(p), _as_schedule(s, f"schedule[{p!r}]")) for p, s in schedule.items()]
+        else:
+            self.patterns = [(re.compile(""), _as_schedule(schedule, "schedule"))]
+        if scope not in ("global", "layer"):
+            raise ValueError(f"`scope` must be 'global' or 'layer', got {scope!r}.")
+        self.scope, self.structure, self.where = scope, structure, where
+
+    def _groups(self, masks: PyTree) -> list[int | None]:
+        """The schedule index of each leaf (None where not prunable)."""
+        out = []
+        for path, m in leaves_with_paths(masks)[0]:
+            if m is None:
+                out.append(None)
+                continue
+            g = next((i for i, (p, _) in enumerate(self.patterns) if p.search(path)), None)
+            if g is None:
+                patterns = [p.pattern for p, _ in self.patterns]
+                raise ValueError(f"prunable leaf {path!r} matches no pattern of `schedule` ({patterns}).")
+            out.append(g)
+        return out
+
+    def init(self, params: PyTree) -> PrunerState:
+        masks = init_masks(params, self.where)
+        self._groups(masks)  # fail early on an unmatched leaf
+        return PrunerState(masks, jnp.zeros(len(self.patterns), jnp.float32), jnp.zeros((), jnp.int32))
+
+    def targets(self, step: int | jax.Array) -> jax.Array:
+        """The scheduled cumulative sparsity of each schedule group at ``step`` (float32[G])."""
+        return jnp.stack([s(step) for _, s in self.patterns])
+
+    def update(
+        self,
+        state: PrunerState,
+        params: PyTree,
+        step: int | jax.Array,
+        grads: PyTree | None = None,
+        key: jax.Array | None = None,
+    ) -> PrunerState:
+        """Prunes to the scheduled target if it rose since the last round; else returns ``state``.
+
+        Jit-friendly: the decision is a ``lax.cond`` on traced values, so
+        calling it every step compiles once.
+        """
+        groups = self._groups(state.masks)
+        wanted = self.targets(step)
+        due = wanted > state.targets
+        # One (target, final) object per schedule: leaves sharing it are ranked together.
+        per_schedule = [(wanted[g], schedule.final) for g, (_, schedule) in enumerate(self.patterns)]
+        leaf_targets = [None if g is None else per_schedule[g] for g in groups]
+
+        def do_prune(masks):
+            scores = self.score(params, grads, key)
+            pruned = prune_to_targets(scores, masks, leaf_targets, scope=self.scope, structure=self.structure)
+            # Groups whose target did not rise keep their masks as they are.
+            keep_old = [None if g is None else ~due[g] for g in groups]
+            flat_new, treedef = leaves_with_paths(pruned)
+            flat_old, _ = leaves_with_paths(masks)
+            return unflatten(
+                treedef,
+                [None if o is None else jnp.where(k, o, n) for (_, n), (_, o), k in zip(flat_new, flat_old, keep_old)],
+            )
+
+        masks = lax.cond(jnp.any(due), do_prune, lambda m: m, state.masks)
+        return PrunerState(
+            masks,
+            jnp.where(due, wanted, state.targets),
+            state.count + jnp.any(due).astype(jnp.int32),
+        )
+
+
+def rewind(params: PyTree, init_params: PyTree, masks: PyTree) -> PyTree:
+    """Lottery-ticket rewinding (Frankle & Carbin 2019): surviving weights back to ``init_params``, pruned ones 0.
+
+    ``init_params`` may be the initialisation or an early-training snapshot
+    (Frankle et al. 2020, "late rewinding"). Leaves without a mask are taken
+    from ``init_params`` too.
+    """
+    del params  # every surviving value is replaced; the argument mirrors the training-loop call
+    return apply_mask(init_params, masks)

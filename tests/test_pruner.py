@@ -1,0 +1,156 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxprune as jp
+from jaxprune import schedules
+
+
+def mlp(sizes, seed=0):
+    keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
+    return {
+        f"dense_{i}": {"kernel": jax.random.normal(k, (a, b)) / np.sqrt(a), "bias": jnp.zeros(b)}
+        for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
+    }
+
+
+def forward(params, x):
+    layers = list(params.values())
+    for layer in layers[:-1]:
+        x = jnp.tanh(x @ layer["kernel"] + layer["bias"])
+    return x @ layers[-1]["kernel"] + layers[-1]["bias"]
+
+
+def pruned_count(masks):
+    return sum(int((~m).sum()) for m in jax.tree.leaves(masks))
+
+
+def test_pruner_in_jitted_loop_compiles_once_and_hits_the_final_target_exactly():
+    params = mlp([16, 32, 32, 4])
+    n = 16 * 32 + 32 * 32 + 32 * 4
+    pruner = jp.Pruner(schedule=schedules.linear(final=0.9, rounds=5, every=10, begin=5))
+    tx = jp.masked_optimizer(optax.adam(1e-2))
+    x = jax.random.normal(jax.random.key(1), (64, 16))
+    y = jax.random.normal(jax.random.key(2), (64, 4))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, opt_state, pstate, t):
+        def loss_fn(p):
+            return jnp.mean((forward(jp.apply_mask(p, pstate.masks), x) - y) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params, masks=pstate.masks)
+        params = optax.apply_updates(params, updates)
+        pstate = pruner.update(pstate, params, t)
+        return params, opt_state, pstate, loss
+
+    pstate = pruner.init(params)
+    opt_state = tx.init(params)
+    history = []
+    for t in range(80):
+        params, opt_state, pstate, _ = step(params, opt_state, pstate, jnp.int32(t))
+        history.append(pruned_count(pstate.masks))
+    assert int(pstate.count) == 5
+    # Rounds at steps 5, 15, 25, 35, 45: cumulative, exact at the end.
+    for t, r in [(4, 0), (5, 1), (14, 1), (15, 2), (45, 5), (79, 5)]:
+        expected = round(float(np.float32(0.9 * r / 5)) * n) if r < 5 else round(0.9 * n)
+        assert abs(history[t] - expected) <= (0 if r in (0, 5) else 1), (t, history[t], expected)
+    assert history[-1] == round(0.9 * n)
+    assert float(jp.sparsity(pstate.masks)) == pytest.approx(round(0.9 * n) / n)
+
+
+def test_pruner_per_layer_schedules_and_unmatched_leaf():
+    params = mlp([8, 16, 4])
+    pruner = jp.Pruner(schedule={"dense_1": 0.5, "dense_0": schedules.one_shot(0.25, at=3)}, scope="layer")
+    state = pruner.init(params)
+    state = pruner.update(state, params, 0)
+    assert int((~state.masks["dense_1"]["kernel"]).sum()) == 32
+    assert int((~state.masks["dense_0"]["kernel"]).sum()) == 0
+    state = pruner.update(state, params, 3)
+    assert int((~state.masks["dense_0"]["kernel"]).sum()) == 32
+    with pytest.raises(ValueError, match="'dense_0/kernel' matches no pattern"):
+        jp.Pruner(schedule={"dense_1": 0.5}).init(params)
+
+
+def test_pruner_scores_need_their_inputs():
+    params = mlp([8, 4])
+    with pytest.raises(ValueError, match="needs `key=`"):
+        p = jp.Pruner(score="random", schedule=0.5)
+        p.update(p.init(params), params, 0)
+    with pytest.raises(ValueError, match="needs `grads=`"):
+        p = jp.Pruner(score="saliency", schedule=0.5)
+        p.update(p.init(params), params, 0)
+    with pytest.raises(ValueError, match="`score` must be one of"):
+        jp.Pruner(score="taylor")
+    p = jp.Pruner(score="random", schedule=0.5)
+    state = p.update(p.init(params), params, 0, key=jax.random.key(0))
+    assert int((~state.masks["dense_0"]["kernel"]).sum()) == 16
+
+
+def test_lottery_ticket_per_layer_protocol_counts():
+    """Frankle & Carbin's LeNet-300-100: 20% per round on hidden layers, 10% on the output layer."""
+    params = mlp([784, 300, 100, 10])
+    rounds = 15
+    pruner = jp.Pruner(
+        schedule={"dense_2": schedules.geometric(0.1, rounds), "dense_[01]": schedules.geometric(0.2, rounds)},
+        scope="layer",
+    )
+    state = pruner.init(params)
+    total = 784 * 300 + 300 * 100 + 100 * 10
+    remaining = {}
+    update = jax.jit(pruner.update)
+    for r in range(rounds):
+        state = update(state, params, jnp.int32(r))
+        remaining[r + 1] = 1 - pruned_count(state.masks) / total
+    assert round(remaining[3] * 100, 1) == 51.3
+    assert round(remaining[7] * 100, 1) == 21.1
+    assert round(remaining[15] * 100, 1) == 3.6
+    # Count-exact: each layer holds exactly its scheduled count.
+    for name, n, rate in [("dense_0", 784 * 300, 0.2), ("dense_1", 300 * 100, 0.2), ("dense_2", 1000, 0.1)]:
+        assert int((~state.masks[name]["kernel"]).sum()) == round((1 - (1 - rate) ** rounds) * n)
+
+
+def test_rewind_resets_survivors_to_init_and_zeros_the_rest():
+    init = mlp([6, 5])
+    trained = jax.tree.map(lambda x: x + 1.0, init)
+    masks = jp.prune(jp.magnitude(trained), jp.init_masks(trained), sparsity=0.4)
+    rewound = jp.rewind(trained, init, masks)
+    k, m = rewound["dense_0"]["kernel"], masks["dense_0"]["kernel"]
+    np.testing.assert_array_equal(k, jnp.where(m, init["dense_0"]["kernel"], 0.0))
+    np.testing.assert_array_equal(rewound["dense_0"]["bias"], init["dense_0"]["bias"])
+
+
+def test_iterative_magnitude_pruning_with_rewinding_trains_a_sparse_mlp():
+    x = jax.random.normal(jax.random.key(0), (256, 10))
+    w_true = jax.random.normal(jax.random.key(1), (10, 3))
+    y = jnp.argmax(x @ w_true, -1)
+    init = mlp([10, 64, 3], seed=3)
+    tx = jp.masked_optimizer(optax.adam(3e-2))
+
+    @jax.jit
+    def train(params, masks):
+        def body(carry, _):
+            params, opt_state = carry
+            grads = jax.grad(
+                lambda p: optax.softmax_cross_entropy_with_integer_labels(forward(jp.apply_mask(p, masks), x), y).mean()
+            )(params)
+            updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=200)
+        return params
+
+    masks = jp.init_masks(init)
+    accs = []
+    for r in range(1, 5):
+        trained = train(jp.rewind(None, init, masks), masks)
+        for name in trained:  # the optimizer kept every pruned weight at exactly zero
+            assert bool(jnp.all(jnp.where(masks[name]["kernel"], True, trained[name]["kernel"] == 0.0)))
+        accs.append(float(jnp.mean(jnp.argmax(forward(trained, x), -1) == y)))
+        masks = jp.prune(jp.magnitude(trained), masks, sparsity=1 - 0.7**r)
+    assert min(accs) > 0.9, accs
+    assert float(jp.sparsity(masks)) == pytest.approx(round((1 - 0.7**4) * 832) / 832)
