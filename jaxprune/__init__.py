@@ -5,6 +5,16 @@ prunable); ``apply_mask`` inside a jitted step is all a model needs.
 """
 
 from jaxprune import schedules
+from jaxprune.dropout import (
+    MCPrediction,
+    concrete_dropout,
+    concrete_regularizer,
+    dropout,
+    locked_dropout,
+    mc_predict,
+    weight_drop,
+    zoneout,
+)
 from jaxprune.masks import (
     LayerStats,
     Summary,
@@ -19,6 +29,7 @@ from jaxprune.masks import (
 from jaxprune.optim import masked_optimizer, zero_pruned
 from jaxprune.prune import prune
 from jaxprune.pruner import Pruner, PrunerState, rewind
+from jaxprune.rnn import RNNDropout, init_lstm, lstm
 from jaxprune.scores import magnitude, random, saliency
 from jaxprune.structures import NM, Block, Structured, Unstructured
 
@@ -28,16 +39,25 @@ __all__ = [
     "NM",
     "Block",
     "LayerStats",
+    "MCPrediction",
     "Pruner",
     "PrunerState",
+    "RNNDropout",
     "Structured",
     "Summary",
     "Unstructured",
     "apply_mask",
+    "concrete_dropout",
+    "concrete_regularizer",
+    "dropout",
     "finalize",
+    "init_lstm",
     "init_masks",
+    "locked_dropout",
+    "lstm",
     "magnitude",
     "masked_optimizer",
+    "mc_predict",
     "pack_masks",
     "prune",
     "random",
@@ -47,5 +67,7 @@ __all__ = [
     "sparsity",
     "summary",
     "unpack_masks",
+    "weight_drop",
     "zero_pruned",
+    "zoneout",
 ]

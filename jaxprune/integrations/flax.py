@@ -27,13 +27,13 @@ from jaxprune.masks import Where, apply_mask, init_masks
 from jaxprune.optim import masked_optimizer
 from jaxprune.pruner import Pruner, PrunerState
 
-# Path patterns (for `where=` and per-layer schedules) of Flax's recurrent cells.
-# nnx.LSTMCell and Linen's LSTMCell hold one Linear/Dense per gate: "ii", "if",
-# "ig", "io" for inputs and "hi", "hf", "hg", "ho" for the recurrent state.
-# OptimizedLSTMCell fuses the gates into "ii"/"hi" kernels of 4x width in NNX
-# and into "i"/"h" in Linen.
-LSTM_INPUT_KERNELS = r"(^|/)(ii|if|ig|io|i)/kernel$"
-LSTM_RECURRENT_KERNELS = r"(^|/)(hi|hf|hg|ho|h)/kernel$"
+# Path patterns (for `where=` and per-layer schedules) of Flax's LSTM cells.
+# nnx.LSTMCell and Linen's LSTMCell/OptimizedLSTMCell hold one kernel per gate:
+# "ii", "if" ("if_" in NNX), "ig", "io" for the inputs and "hi", "hf", "hg",
+# "ho" for the recurrent state; nnx.OptimizedLSTMCell fuses them into
+# "dense_i" and "dense_h" kernels of 4x width.
+LSTM_INPUT_KERNELS = r"(^|/)(ii|if_?|ig|io|dense_i)/kernel$"
+LSTM_RECURRENT_KERNELS = r"(^|/)(hi|hf|hg|ho|dense_h)/kernel$"
 
 
 def nnx_masks(model: nnx.Module, where: Where = None) -> Any:
