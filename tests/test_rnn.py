@@ -158,3 +158,39 @@ def test_prune_linen_cells_under_rnn(cell):
     out = jax.jit(lambda p, m: model.apply({"params": jp.apply_mask(p, m)}, x))(params, masks)
     ref = model.apply({"params": jp.finalize(params, masks)}, x)
     np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+def test_gradients_match_torch_autograd():
+    torch.manual_seed(7)
+    m = torch.nn.LSTM(5, 6, num_layers=2, bidirectional=True)
+    params = from_torch(m, 2, True)
+    x = np.random.default_rng(3).standard_normal((8, 4, 5)).astype(np.float32)
+    out_t, (h_t, c_t) = m(torch.from_numpy(x))
+    (out_t.pow(2).sum() + h_t.sum() + c_t.pow(2).sum()).backward()
+
+    def loss(p):
+        out, (h, c) = jp.lstm(p, jnp.asarray(x))
+        return jnp.sum(out**2) + jnp.sum(h) + jnp.sum(c**2)
+
+    g = jax.jit(jax.grad(loss))(params)
+    for name in params:
+        i, sfx = name.split("_")[1], "_reverse" if name.endswith("reverse") else ""
+        for k, attr in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):
+            ref = getattr(m, f"{attr}_l{i}{sfx}").grad.numpy()
+            np.testing.assert_allclose(g[name][k], ref, atol=1e-4, rtol=1e-4, err_msg=f"{name}/{k}")
+
+
+def test_recurrent_dropout_gradients_match_finite_differences():
+    from jax.test_util import check_grads
+
+    params = jp.init_lstm(jax.random.key(0), 3, 4)
+    x = jax.random.normal(jax.random.key(1), (5, 2, 3))
+    h0 = jax.random.normal(jax.random.key(2), (1, 2, 4))
+
+    def loss(p, h):
+        out, (_, cn) = jp.lstm(
+            p, x, dropout=jp.RNNDropout(hidden=0.4), key=jax.random.key(3), initial_state=(h, jnp.zeros_like(h))
+        )
+        return jnp.sum(out**2) + jnp.sum(cn)
+
+    check_grads(loss, (params, h0), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
