@@ -62,6 +62,10 @@ def _int(name: str, value: object, *, minimum: int) -> int:
     return int(value)
 
 
+def _rounds(rounds: object, every: object, begin: object) -> tuple[int, int, int]:
+    return _int("rounds", rounds, minimum=1), _int("every", every, minimum=1), _int("begin", begin, minimum=0)
+
+
 def _round_index(step: jax.Array, begin: int, every: int, rounds: int) -> jax.Array:
     """How many rounds have happened by ``step`` (0 before ``begin``, at most ``rounds``)."""
     done = jnp.floor_divide(step - begin, every) + 1
@@ -83,11 +87,7 @@ def constant(sparsity: float, begin: int = 0) -> Schedule:
 def linear(final: float, rounds: int, every: int = 1, begin: int = 0) -> Schedule:
     """Equal steps of the cumulative target: ``final * k / rounds`` after round k."""
     final = _fraction("final", final)
-    rounds, every, begin = (
-        _int("rounds", rounds, minimum=1),
-        _int("every", every, minimum=1),
-        _int("begin", begin, minimum=0),
-    )
+    rounds, every, begin = _rounds(rounds, every, begin)
     return Schedule(
         lambda step: final * _round_index(step, begin, every, rounds) / rounds,
         final,
@@ -101,11 +101,7 @@ def geometric(rate: float, rounds: int, every: int = 1, begin: int = 0) -> Sched
     Ten rounds of ``rate=0.1`` end at 65.13%, not 90%.
     """
     rate = _fraction("rate", rate)
-    rounds, every, begin = (
-        _int("rounds", rounds, minimum=1),
-        _int("every", every, minimum=1),
-        _int("begin", begin, minimum=0),
-    )
+    rounds, every, begin = _rounds(rounds, every, begin)
     return Schedule(
         lambda step: 1.0 - (1.0 - rate) ** _round_index(step, begin, every, rounds).astype(jnp.float32),
         1.0 - (1.0 - rate) ** rounds,
