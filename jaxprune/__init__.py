@@ -5,6 +5,7 @@ prunable); ``apply_mask`` inside a jitted step is all a model needs.
 """
 
 from jaxprune import schedules
+from jaxprune.checkpoint import Checkpointer
 from jaxprune.dropout import (
     MCPrediction,
     concrete_dropout,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "NM",
     "Block",
+    "Checkpointer",
     "LayerStats",
     "MCPrediction",
     "Pruner",
