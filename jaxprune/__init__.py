@@ -16,6 +16,7 @@ from jaxprune.dropout import (
     weight_drop,
     zoneout,
 )
+from jaxprune.export import Bitmap, compact, size_report, to_dense, to_sparse
 from jaxprune.masks import (
     LayerStats,
     Summary,
@@ -33,11 +34,13 @@ from jaxprune.pruner import Pruner, PrunerState, rewind
 from jaxprune.rnn import RNNDropout, init_lstm, lstm
 from jaxprune.scores import magnitude, random, saliency
 from jaxprune.structures import NM, Block, Structured, Unstructured
+from jaxprune.units import UnitAxis, kept_units, lstm_units, mlp_units, prune_units
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NM",
+    "Bitmap",
     "Block",
     "Checkpointer",
     "LayerStats",
@@ -47,27 +50,36 @@ __all__ = [
     "RNNDropout",
     "Structured",
     "Summary",
+    "UnitAxis",
     "Unstructured",
     "apply_mask",
+    "compact",
     "concrete_dropout",
     "concrete_regularizer",
     "dropout",
     "finalize",
     "init_lstm",
     "init_masks",
+    "kept_units",
     "locked_dropout",
     "lstm",
+    "lstm_units",
     "magnitude",
     "masked_optimizer",
     "mc_predict",
+    "mlp_units",
     "pack_masks",
     "prune",
+    "prune_units",
     "random",
     "rewind",
     "saliency",
     "schedules",
+    "size_report",
     "sparsity",
     "summary",
+    "to_dense",
+    "to_sparse",
     "unpack_masks",
     "weight_drop",
     "zero_pruned",

@@ -1,0 +1,120 @@
+"""Leaving the library with something really smaller: sparse leaves and compacted dense layers.
+
+* ``finalize`` (in ``masks``): dense params with the zeros baked in.
+* ``to_sparse`` / ``to_dense``: each pruned leaf as a ``jax.experimental.sparse.BCOO``
+  (ready for sparse matmuls), or as a ``Bitmap`` (packed keep bits plus the kept values in
+  row-major order: the smallest form at high sparsity); exact round trips.
+* ``size_report``: bytes of each form.
+* ``compact``: after ``prune_units``, cut the pruned units out of every array that holds
+  them, giving smaller dense layers that compute the same outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import sparse
+
+from jaxprune._tree import PyTree, check_masks_match, is_none, leaves_with_paths, unflatten
+from jaxprune.masks import finalize
+from jaxprune.units import UnitSet, _locate, kept_units
+
+
+class Bitmap(NamedTuple):
+    """A pruned leaf as packed keep bits (``uint8``, row-major, big-endian bits) and the kept values."""
+
+    bits: np.ndarray
+    values: np.ndarray
+    shape: tuple[int, ...]
+
+    def todense(self) -> np.ndarray:
+        keep = np.unpackbits(self.bits, count=math.prod(self.shape)).astype(bool)
+        out = np.zeros(keep.shape, self.values.dtype)
+        out[keep] = self.values
+        return out.reshape(self.shape)
+
+
+_FORMATS = ("bcoo", "bitmap")
+
+
+def to_sparse(params: PyTree, masks: PyTree, *, format: str = "bcoo") -> PyTree:
+    """Every leaf with a mask as a sparse leaf (``BCOO`` or ``Bitmap``); other leaves unchanged.
+
+    Host-side (not under ``jit``): the number of kept entries sets the sizes.
+    """
+    if format not in _FORMATS:
+        raise ValueError(f"`format` must be one of {_FORMATS}, got {format!r}.")
+    p_flat, m_leaves, treedef = check_masks_match(params, masks)
+    dense = [p for _, p in leaves_with_paths(finalize(params, masks))[0]]
+    out = []
+    for (_, p), d, m in zip(p_flat, dense, m_leaves):
+        if m is None:
+            out.append(p)
+        elif format == "bcoo":
+            out.append(sparse.BCOO.fromdense(d, nse=int(jnp.sum(m))))
+        else:
+            keep = np.asarray(m).reshape(-1)
+            out.append(Bitmap(np.packbits(keep), np.asarray(d).reshape(-1)[keep], tuple(m.shape)))
+    return unflatten(treedef, out)
+
+
+def _is_sparse(x: Any) -> bool:
+    return isinstance(x, (sparse.BCOO, Bitmap))
+
+
+def to_dense(sparse_params: PyTree) -> PyTree:
+    """Inverse of ``to_sparse``: plain dense arrays everywhere."""
+    return jax.tree.map(
+        lambda x: jnp.asarray(x.todense()) if _is_sparse(x) else x,
+        sparse_params,
+        is_leaf=lambda x: _is_sparse(x) or is_none(x),
+    )
+
+
+def size_report(params: PyTree, masks: PyTree) -> dict[str, int]:
+    """Bytes of: dense params, their packed masks, and the BCOO and bitmap sparse forms."""
+    p_flat, m_leaves, _ = check_masks_match(params, masks)
+    report = {"dense": 0, "packed_masks": 0, "bcoo": 0, "bitmap": 0}
+    for (_, p), m in zip(p_flat, m_leaves):
+        if p is None:
+            continue
+        nbytes = int(np.prod(np.shape(p))) * np.dtype(p.dtype).itemsize
+        report["dense"] += nbytes
+        if m is None:
+            report["bcoo"] += nbytes
+            report["bitmap"] += nbytes
+            continue
+        kept = int(jnp.sum(m))
+        bits = (int(m.size) + 7) // 8
+        report["packed_masks"] += bits
+        report["bcoo"] += kept * (np.dtype(p.dtype).itemsize + 4 * max(m.ndim, 1))  # values + int32 indices
+        report["bitmap"] += bits + kept * np.dtype(p.dtype).itemsize
+    return report
+
+
+def compact(params: PyTree, masks: PyTree, units: Sequence[UnitSet]) -> tuple[PyTree, PyTree]:
+    """Cuts the entirely pruned units out of every entry of each unit set; returns (params, masks), smaller.
+
+    With units pruned by ``prune_units`` (so nothing reads from or writes to a
+    pruned unit), the compacted model computes the masked model's outputs;
+    outputs that are themselves pruned units (the last layer of an LSTM) are
+    zero in the masked model and absent from the compacted one.
+    """
+    p_flat, m_leaves, treedef = check_masks_match(params, masks)
+    located = _locate([p for p, _ in p_flat], m_leaves, units)
+    keep = kept_units(masks, units)
+    new_p = [p for _, p in p_flat]
+    new_m = list(m_leaves)
+    for row, idx in zip(located, keep):
+        for i, e in row:
+            axis = e.axis % new_p[i].ndim
+            n_units = m_leaves[i].shape[axis] // e.groups
+            take = (jnp.arange(e.groups)[:, None] * n_units + idx[None, :]).reshape(-1)
+            new_p[i] = jnp.take(new_p[i], take, axis=axis)
+            new_m[i] = jnp.take(new_m[i], take, axis=axis)
+    return unflatten(treedef, new_p), unflatten(treedef, new_m)

@@ -1,0 +1,102 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxprune as jp
+
+
+def mlp(seed=0, sizes=(10, 32, 24, 3)):
+    keys = jax.random.split(jax.random.key(seed), len(sizes) - 1)
+    return {
+        f"dense_{i}": {"kernel": jax.random.normal(k, (a, b)), "bias": jax.random.normal(k, (b,))}
+        for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
+    }
+
+
+def forward(params, x):
+    layers = list(params.values())
+    for layer in layers[:-1]:
+        x = jax.nn.sigmoid(x @ layer["kernel"] + layer["bias"])  # sigmoid(0) != 0: cutting must still be exact
+    return x @ layers[-1]["kernel"] + layers[-1]["bias"]
+
+
+def everything(path, leaf):
+    return True
+
+
+@pytest.mark.parametrize("fmt", ["bcoo", "bitmap"])
+def test_sparse_round_trip_is_exact(fmt):
+    params = mlp()
+    masks = jp.prune(jp.magnitude(params), jp.init_masks(params), sparsity=0.9)
+    sp = jp.to_sparse(params, masks, format=fmt)
+    assert isinstance(sp["dense_0"]["kernel"], jp.Bitmap if fmt == "bitmap" else jax.experimental.sparse.BCOO)
+    assert sp["dense_0"]["bias"] is params["dense_0"]["bias"]
+    back = jp.to_dense(sp)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(jp.finalize(params, masks))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="`format` must be one of"):
+        jp.to_sparse(params, masks, format="csr")
+
+
+def test_size_report_at_90_percent():
+    params = {"w": jnp.ones((1000, 1000))}
+    masks = jp.prune(jp.random(jax.random.key(0), params), jp.init_masks(params), sparsity=0.9)
+    r = jp.size_report(params, masks)
+    assert r["dense"] == 4_000_000 and r["packed_masks"] == 125_000
+    assert r["bitmap"] == 125_000 + 100_000 * 4
+    assert r["bcoo"] == 100_000 * 12
+    assert r["bitmap"] / r["dense"] < 0.25
+
+
+def test_prune_units_prunes_each_unit_everywhere_and_compacted_mlp_matches():
+    params = mlp()
+    masks = jp.init_masks(params, where=everything)
+    units = jp.mlp_units(["dense_0", "dense_1", "dense_2"])
+    masks = jp.prune_units(jp.magnitude(params), masks, units, sparsity=0.5, scope="layer")
+    kept = jp.kept_units(masks, units)
+    assert [int(k.size) for k in kept] == [16, 12]
+    m0 = np.asarray(masks["dense_0"]["kernel"])
+    cols = m0.all(axis=0)
+    assert (cols | ~m0.any(axis=0)).all()  # each column entirely kept or entirely pruned
+    np.testing.assert_array_equal(np.asarray(masks["dense_0"]["bias"]), cols)
+    np.testing.assert_array_equal(np.asarray(masks["dense_1"]["kernel"]).any(axis=1), cols)
+    small, small_masks = jp.compact(params, masks, units)
+    assert small["dense_0"]["kernel"].shape == (10, 16) and small["dense_1"]["kernel"].shape == (16, 12)
+    assert small["dense_2"]["kernel"].shape == (12, 3)
+    x = jax.random.normal(jax.random.key(5), (7, 10))
+    np.testing.assert_allclose(forward(small, x), forward(jp.finalize(params, masks), x), rtol=1e-5, atol=1e-5)
+    assert bool(jnp.all(small_masks["dense_0"]["kernel"]))
+
+
+def test_compacted_two_layer_lstm_matches_the_masked_one():
+    params = jp.init_lstm(jax.random.key(0), 6, 16, num_layers=2)
+    masks = jp.init_masks(params, where=everything)
+    units = jp.lstm_units(2)
+    masks = jp.prune_units(jp.magnitude(params), masks, units, sparsity=0.5, scope="layer")
+    small, _ = jp.compact(params, masks, units)
+    assert small["layer_0"]["w_hh"].shape == (32, 8) and small["layer_1"]["w_ih"].shape == (32, 8)
+    x = jax.random.normal(jax.random.key(1), (9, 3, 6))
+    out, (h, c) = jp.lstm(params, x, masks=masks)
+    out_small, (h_small, c_small) = jp.lstm(small, x)
+    kept = jp.kept_units(masks, units)[1]
+    np.testing.assert_allclose(out_small, out[..., kept], atol=1e-6)
+    assert float(jnp.abs(jnp.delete(out, kept, axis=-1)).max()) == 0.0  # pruned units output exactly 0
+    np.testing.assert_allclose(h_small[1], h[1][:, kept], atol=1e-6)
+    np.testing.assert_allclose(c_small[1], c[1][:, kept], atol=1e-6)
+
+
+def test_unit_errors_are_clear():
+    params = mlp()
+    with pytest.raises(ValueError, match="'dense_0/bias' has no mask"):
+        jp.prune_units(jp.magnitude(params), jp.init_masks(params), jp.mlp_units(["dense_0", "dense_1"]), sparsity=0.5)
+    with pytest.raises(ValueError, match="no leaf at path 'nope/kernel'"):
+        jp.prune_units(
+            jp.magnitude(params),
+            jp.init_masks(params, where=everything),
+            [[jp.UnitAxis("nope/kernel", 0)]],
+            sparsity=0.5,
+        )
+    bad = [[jp.UnitAxis("dense_0/kernel", -1), jp.UnitAxis("dense_0/kernel", 0)]]
+    with pytest.raises(ValueError, match="disagree on the number of units"):
+        jp.prune_units(jp.magnitude(params), jp.init_masks(params, where=everything), bad, sparsity=0.5)
