@@ -49,6 +49,24 @@ def _is_key(leaf: Any) -> bool:
     return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
+def _abstract(entry: dict, sharding: Any = None) -> jax.ShapeDtypeStruct:
+    """The stored array of a layout entry: packed bits, key data, or the array itself."""
+    if entry["packed"]:
+        return jax.ShapeDtypeStruct(((math.prod(entry["shape"]) + 7) // 8,), np.uint8)
+    if "impl" in entry:
+        data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=entry["impl"])))
+        return jax.ShapeDtypeStruct((*entry["shape"], *data.shape), data.dtype)
+    return jax.ShapeDtypeStruct(tuple(entry["shape"]), np.dtype(entry["dtype"]), sharding=sharding)
+
+
+def _decode(entry: dict, x: Any) -> Any:
+    if entry["packed"]:
+        return jnp.unpackbits(x, count=math.prod(entry["shape"])).astype(bool).reshape(entry["shape"])
+    if "impl" in entry:
+        return jax.random.wrap_key_data(x, impl=entry["impl"])
+    return x
+
+
 class Checkpointer:
     """Saves and restores training states under ``directory``, keeping the last ``max_to_keep``.
 
@@ -137,33 +155,33 @@ class Checkpointer:
                 f"checkpoint step {step} has {len(saved)} leaves but `like` has {len(wanted)}; "
                 f"first unmatched: {extra!r}."
             )
-        targets = {}
-        for entry, (_, ref) in zip(saved, flat):
-            sharding = getattr(ref, "sharding", None) if not entry["packed"] else None
-            if entry["packed"]:
-                shape, dtype = ((math.prod(entry["shape"]) + 7) // 8,), np.uint8
-            elif "impl" in entry:
-                data = jax.eval_shape(jax.random.key_data, ref)
-                shape, dtype = data.shape, data.dtype
-                sharding = None
-            else:
-                shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
-            targets[entry["key"]] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+        targets = {
+            e["key"]: _abstract(e, getattr(ref, "sharding", None) if not (e["packed"] or "impl" in e) else None)
+            for e, (_, ref) in zip(saved, flat)
+        }
+        arrays = self._read(step, targets)
+        leaves = [_decode(e, arrays[e["key"]]) for e in saved]
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    def restore_flat(self, step: int | None = None) -> dict[str, Any]:
+        """Restores checkpoint ``step`` without a template: ``{path: array}``, masks unpacked to ``bool``.
+
+        For tools that inspect a checkpoint (the ``jaxprune`` command): the
+        tree structure itself is not stored, only its leaves' paths. PRNG keys
+        are left out.
+        """
+        step = self._resolve(step)
+        saved = self.layout(step)
+        arrays = self._read(step, {e["key"]: _abstract(e) for e in saved})
+        return {e["path"]: np.asarray(_decode(e, arrays[e["key"]])) for e in saved if "impl" not in e}
+
+    def _read(self, step: int, targets: dict) -> dict:
         try:
-            arrays = self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(targets)))[
+            return self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(targets)))[
                 "arrays"
             ]
         except Exception as e:
             raise ValueError(f"checkpoint step {step} in {self.directory} is damaged or incomplete: {e}") from e
-        leaves = []
-        for entry in saved:
-            x = arrays[entry["key"]]
-            if entry["packed"]:
-                x = jnp.unpackbits(x, count=math.prod(entry["shape"])).astype(bool).reshape(entry["shape"])
-            elif "impl" in entry:
-                x = jax.random.wrap_key_data(x, impl=entry["impl"])
-            leaves.append(x)
-        return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def _resolve(self, step: int | None) -> int:
         steps = self.steps()
