@@ -29,6 +29,8 @@ def test_inspect_prints_the_per_layer_table(checkpoint, capsys):
     assert "step 10" in out and "pruner/masks/dense_0/kernel" in out
     total_line = out.strip().splitlines()[-1]
     assert total_line.split()[0] == "total" and "75.00%" in total_line
+    row = next(line for line in out.splitlines() if line.startswith("pruner/masks/dense_0/kernel"))
+    assert row.split()[2] == str(int(masks["dense_0"]["kernel"].sum()))  # kept
 
 
 @pytest.mark.parametrize("fmt", ["dense", "sparse"])
