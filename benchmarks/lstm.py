@@ -84,7 +84,7 @@ def main(argv=None):
         targets = [(model, n) for n, _ in model.named_parameters() if n.startswith("weight")]
         torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=0.9)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
+        xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))
 
         def torch_run():
             for _ in range(args.steps):

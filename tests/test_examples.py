@@ -35,3 +35,40 @@ def test_quickstart(capsys):
     load("quickstart").main(["--steps", "60", "--rounds", "0.5,0.9"])
     out = capsys.readouterr().out
     assert "sparsity 90%" in out and "finalized params" in out
+
+
+def test_flax_nnx_quick():
+    accuracy, sparsity = load("flax_nnx").main(["--quick"])
+    assert sparsity == pytest.approx(0.9, abs=1e-4) and accuracy > 0.5
+
+
+def test_flax_linen_quick():
+    accuracy, sparsity = load("flax_linen").main(["--quick"])
+    assert sparsity == pytest.approx(0.9, abs=1e-4) and accuracy > 0.5
+
+
+def test_mc_dropout_quick(tmp_path):
+    r = load("mc_dropout").main(["--quick", "--samples", "20", "--out", str(tmp_path)])
+    assert r["accuracy"] > 0.8
+    assert r["entropy_wrong"] > r["entropy_correct"]  # wrong predictions are the uncertain ones
+    assert r["accuracy_most_certain_80"] >= r["accuracy"]
+    assert (tmp_path / "mc_dropout.png").stat().st_size > 1000
+
+
+def test_lottery_ticket_quick(tmp_path):
+    rows = load("lottery_ticket").main(["--quick", "--out", str(tmp_path)])
+    remaining = [r[0] for r in rows]
+    # Per-layer protocol: 20% of hidden weights and 10% of output weights per round.
+    assert remaining[0] == 1.0
+    assert remaining[-1] == pytest.approx((49_200 * 0.8**3 + 1_000 * 0.9**3) / 50_200, abs=1e-4)
+    assert all(b < a for a, b in pairwise(remaining))
+    assert all(0.0 < r[1] <= 1.0 and 0.0 < r[2] <= 1.0 for r in rows)
+    assert (tmp_path / "lottery_ticket.png").stat().st_size > 1000
+
+
+def test_torch_migration_quick(capsys):
+    r = load("torch_migration").main(["--quick"])
+    assert r["amount_sparsity"] == pytest.approx(1 - 0.9**10, abs=2e-3)
+    assert r["sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert r["same_as_torch"] is True  # torch is in the test extras
+    assert "Why 65.1%" in capsys.readouterr().out
