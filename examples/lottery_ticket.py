@@ -8,7 +8,7 @@ their initial values and retrains. The control retrains the same masks from a
 fresh random initialisation. Writes a plot of test accuracy against the
 fraction of weights remaining.
 
-  python examples/lottery_ticket.py [--quick] [--rounds 8]
+  python examples/lottery_ticket.py [--quick] [--rounds 12]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def forward(params, x):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--steps", type=int, default=600, help="training steps per round")
     ap.add_argument("--out", default="lottery_ticket_out")
     args = ap.parse_args(argv)
