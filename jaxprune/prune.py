@@ -193,6 +193,11 @@ def _select(scores, masks, k, *, groups, structure):
 @partial(jax.jit, static_argnames=("groups", "structure"))
 def _alive_units(masks, *, groups, structure):
     alive = [structure.to_units(jnp.zeros(m.shape, jnp.float32), m)[1] for m in masks]
+    return alive_per_group(alive, groups)
+
+
+def alive_per_group(alive: list[jax.Array], groups: tuple[int, ...]) -> jax.Array:
+    """Unpruned units per group (uint32[G]) from each leaf's bool unit mask."""
     counts = [count_true([a])[0] for a in alive]
     return jnp.stack([sum(c for c, g2 in zip(counts, groups) if g2 == g) for g in range(max(groups) + 1)])
 

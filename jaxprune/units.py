@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
-from jaxprune.prune import _num_pruned, _target
-from jaxprune.select import count_true, lowest_k
+from jaxprune.prune import _num_pruned, _target, alive_per_group
+from jaxprune.select import lowest_k
 from jaxprune.structures import Structured
 
 
@@ -127,9 +127,7 @@ def prune_units(
     sizes = [0] * (max(groups) + 1)
     for a, g in zip(unit_alive, groups):
         sizes[g] += int(a.shape[0])
-    counts = [count_true([a])[0] for a in unit_alive]
-    alive_per_group = jnp.stack([sum(c for c, g2 in zip(counts, groups) if g2 == g) for g in range(len(sizes))])
-    k = _num_pruned(target, sizes, alive_per_group, scope)
+    k = _num_pruned(target, sizes, alive_per_group(unit_alive, groups), scope)
     pruned = lowest_k(unit_scores, unit_alive, groups, k)
     new = list(m_leaves)
     for row, alive, p in zip(located, unit_alive, pruned):
