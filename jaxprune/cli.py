@@ -30,10 +30,14 @@ def _open(directory: str, step: int | None) -> tuple[Checkpointer, int]:
         raise _Error(f"no such directory: {directory}")
     ckpt = Checkpointer(path)
     steps = ckpt.steps()
+    problem = None
     if not steps:
-        raise _Error(f"{directory} holds no checkpoint (no step directories written by jaxprune.Checkpointer)")
-    if step is not None and step not in steps:
-        raise _Error(f"no checkpoint for step {step} in {directory}; steps saved: {steps}")
+        problem = f"{directory} holds no checkpoint (no step directories written by jaxprune.Checkpointer)"
+    elif step is not None and step not in steps:
+        problem = f"no checkpoint for step {step} in {directory}; steps saved: {steps}"
+    if problem:
+        ckpt.close()  # Orbax's background machinery complains at exit if left open
+        raise _Error(problem)
     return ckpt, steps[-1] if step is None else step
 
 
