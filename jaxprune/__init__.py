@@ -6,16 +6,6 @@ prunable); ``apply_mask`` inside a jitted step is all a model needs.
 
 from jaxprune import schedules
 from jaxprune.checkpoint import Checkpointer
-from jaxprune.dropout import (
-    MCPrediction,
-    concrete_dropout,
-    concrete_regularizer,
-    dropout,
-    locked_dropout,
-    mc_predict,
-    weight_drop,
-    zoneout,
-)
 from jaxprune.export import Bitmap, compact, size_report, to_dense, to_sparse
 from jaxprune.masks import (
     LayerStats,
@@ -28,10 +18,20 @@ from jaxprune.masks import (
     summary,
     unpack_masks,
 )
+from jaxprune.nn.dropout import (
+    MCPrediction,
+    concrete_dropout,
+    concrete_regularizer,
+    dropout,
+    locked_dropout,
+    mc_predict,
+    weight_drop,
+    zoneout,
+)
+from jaxprune.nn.lstm import RNNDropout, init_lstm, lstm
 from jaxprune.optim import masked_optimizer, zero_pruned
-from jaxprune.prune import prune
 from jaxprune.pruner import Pruner, PrunerState, rewind
-from jaxprune.rnn import RNNDropout, init_lstm, lstm
+from jaxprune.pruning import prune
 from jaxprune.scores import magnitude, random, saliency
 from jaxprune.structures import NM, Block, Structured, Unstructured
 from jaxprune.units import UnitAxis, kept_units, lstm_units, mlp_units, prune_units

@@ -56,17 +56,46 @@ def unflatten(treedef: Any, leaves: Sequence[Any]) -> PyTree:
     return tree_util.tree_unflatten(treedef, list(leaves))
 
 
-def first_difference(a: PyTree, b: PyTree) -> str:
+def first_difference(a: PyTree, b: PyTree, a_name: str = "the first tree", b_name: str = "the second tree") -> str:
     """Describes the first leaf path at which two trees differ in structure."""
     pa = [p for p, _ in leaves_with_paths(a)[0]]
     pb = [p for p, _ in leaves_with_paths(b)[0]]
     for x, y in zip(pa, pb):
         if x != y:
-            return f"path {x!r} in one tree meets {y!r} in the other"
+            return f"path {x!r} in {a_name} meets {y!r} in {b_name}"
     if len(pa) != len(pb):
-        longer, extra = ("first", pa[len(pb)]) if len(pa) > len(pb) else ("second", pb[len(pa)])
-        return f"the {longer} tree has an extra leaf at {extra!r}"
+        longer, extra = (a_name, pa[len(pb)]) if len(pa) > len(pb) else (b_name, pb[len(pa)])
+        return f"{longer} has an extra leaf at {extra!r}"
     return "the trees have the same paths but different node types"
+
+
+def check_shapes_match(
+    params: PyTree, tree: PyTree, *, params_name: str = "params", tree_name: str = "masks", hint: str = ""
+) -> tuple[list[tuple[str, Any]], list[Any], Any]:
+    """Checks that ``tree`` has the structure of ``params`` and, where not ``None``, the same leaf shapes.
+
+    Returns (param paths+leaves, the leaves of ``tree``, its treedef).
+
+    Raises:
+      ValueError: structure or a shape differs; the message names the first path.
+    """
+    p_flat, p_def = leaves_with_paths(params)
+    t_flat, t_def = leaves_with_paths(tree)
+    if p_def != t_def:
+        raise ValueError(
+            f"`{tree_name}` does not have the structure of `{params_name}`: "
+            f"{first_difference(params, tree, f'`{params_name}`', f'`{tree_name}`')}.{hint}"
+        )
+    for (path, p), (_, t) in zip(p_flat, t_flat):
+        if t is None:
+            continue
+        t_shape = tuple(getattr(t, "shape", ()))
+        if p is None or t_shape != tuple(getattr(p, "shape", ())):
+            raise ValueError(
+                f"`{tree_name}` leaf {path!r} has shape {t_shape} but `{params_name}` "
+                f"has {None if p is None else tuple(getattr(p, 'shape', ()))} there."
+            )
+    return p_flat, [t for _, t in t_flat], t_def
 
 
 def check_masks_match(
@@ -78,27 +107,20 @@ def check_masks_match(
       ValueError: structure or a shape differs; the message names the first path.
       TypeError: a mask leaf is neither ``None`` nor a bool array.
     """
-    p_flat, p_def = leaves_with_paths(params)
-    m_flat, m_def = leaves_with_paths(masks)
-    if p_def != m_def:
-        raise ValueError(
-            f"`{masks_name}` does not have the structure of `{params_name}`: "
-            f"{first_difference(params, masks)}. Build masks with jp.init_masks({params_name})."
-        )
-    for (path, p), (_, m) in zip(p_flat, m_flat):
-        if m is None:
-            continue
-        if getattr(m, "dtype", None) != jax.numpy.bool_:
+    p_flat, m_leaves, m_def = check_shapes_match(
+        params,
+        masks,
+        params_name=params_name,
+        tree_name=masks_name,
+        hint=f" Build masks with jp.init_masks({params_name}).",
+    )
+    for (path, _), m in zip(p_flat, m_leaves):
+        if m is not None and getattr(m, "dtype", None) != jax.numpy.bool_:
             raise TypeError(
                 f"`{masks_name}` leaf {path!r} must be a bool array or None, "
                 f"got {getattr(m, 'dtype', type(m).__name__)}."
             )
-        if p is None or tuple(m.shape) != tuple(getattr(p, "shape", ())):
-            raise ValueError(
-                f"`{masks_name}` leaf {path!r} has shape {tuple(m.shape)} but `{params_name}` "
-                f"has {None if p is None else tuple(getattr(p, 'shape', ()))} there."
-            )
-    return p_flat, [m for _, m in m_flat], m_def
+    return p_flat, m_leaves, m_def
 
 
 def map_masked(fn: Callable[[Any, Any], Any], params: PyTree, masks: PyTree, **names: str) -> PyTree:

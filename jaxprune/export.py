@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -20,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
 
+from jaxprune._bits import pack_bits, unpack_bits
 from jaxprune._tree import PyTree, check_masks_match, is_none, leaves_with_paths, unflatten
 from jaxprune.masks import finalize
-from jaxprune.units import UnitSet, _locate, kept_units
+from jaxprune.units import UnitSet, kept_units, locate
 
 
 class Bitmap(NamedTuple):
@@ -33,10 +33,9 @@ class Bitmap(NamedTuple):
     shape: tuple[int, ...]
 
     def todense(self) -> np.ndarray:
-        keep = np.unpackbits(self.bits, count=math.prod(self.shape)).astype(bool)
-        out = np.zeros(keep.shape, self.values.dtype)
-        out[keep] = self.values
-        return out.reshape(self.shape)
+        out = np.zeros(self.shape, self.values.dtype)
+        out[unpack_bits(np.asarray(self.bits), self.shape)] = self.values
+        return out
 
 
 _FORMATS = ("bcoo", "bitmap")
@@ -58,8 +57,8 @@ def to_sparse(params: PyTree, masks: PyTree, *, format: str = "bcoo") -> PyTree:
         elif format == "bcoo":
             out.append(sparse.BCOO.fromdense(d, nse=int(jnp.sum(m))))
         else:
-            keep = np.asarray(m).reshape(-1)
-            out.append(Bitmap(np.packbits(keep), np.asarray(d).reshape(-1)[keep], tuple(m.shape)))
+            keep = np.asarray(m)
+            out.append(Bitmap(pack_bits(keep), np.asarray(d)[keep], tuple(m.shape)))
     return unflatten(treedef, out)
 
 
@@ -106,7 +105,7 @@ def compact(params: PyTree, masks: PyTree, units: Sequence[UnitSet]) -> tuple[Py
     zero in the masked model and absent from the compacted one.
     """
     p_flat, m_leaves, treedef = check_masks_match(params, masks)
-    located = _locate([p for p, _ in p_flat], m_leaves, units)
+    located = locate([p for p, _ in p_flat], m_leaves, units)
     keep = kept_units(masks, units)
     new_p = [p for _, p in p_flat]
     new_m = list(m_leaves)

@@ -9,7 +9,6 @@ bakes the zeros into plain params with the same keys.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -19,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
-from jaxprune._tree import PyTree, is_floating, is_none, leaves_with_paths, map_masked, unflatten
+from jaxprune._bits import pack_bits, packed_size, unpack_bits
+from jaxprune._tree import PyTree, first_difference, is_floating, is_none, leaves_with_paths, map_masked, unflatten
 
 Where = Callable[[str, Any], bool] | str | PyTree | None
 
@@ -28,16 +28,23 @@ def _default_where(path: str, leaf: Any) -> bool:
     return getattr(leaf, "ndim", 0) >= 2
 
 
+def compile_pattern(pattern: str, name: str) -> re.Pattern:
+    """``re.compile``, with a ``ValueError`` that names the argument for a bad expression."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"{name} must be a regular expression string, got {type(pattern).__name__} {pattern!r}.")
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{name} is not a valid regular expression: {pattern!r} ({e}).") from None
+
+
 def _where_predicate(params: PyTree, where: Where) -> list[bool]:
     """One flag per leaf of ``params`` (flattened with ``None`` as a leaf)."""
     flat, _ = leaves_with_paths(params)
     if where is None:
         return [_default_where(p, x) for p, x in flat]
     if isinstance(where, str):
-        try:
-            pattern = re.compile(where)
-        except re.error as e:
-            raise ValueError(f"`where` is not a valid regular expression: {where!r} ({e}).") from None
+        pattern = compile_pattern(where, "`where`")
         return [pattern.search(p) is not None for p, _ in flat]
     if callable(where):
         return [bool(where(p, x)) for p, x in flat]
@@ -204,7 +211,7 @@ def pack_masks(masks: PyTree) -> PyTree:
     ``None`` leaves stay ``None``. ``unpack_masks(pack_masks(m), m) == m`` exactly.
     """
     _mask_leaves(masks)
-    return jax.tree.map(lambda m: None if m is None else jnp.packbits(m.reshape(-1)), masks, is_leaf=is_none)
+    return jax.tree.map(lambda m: None if m is None else pack_bits(m), masks, is_leaf=is_none)
 
 
 def unpack_masks(packed: PyTree, like: PyTree) -> PyTree:
@@ -217,20 +224,20 @@ def unpack_masks(packed: PyTree, like: PyTree) -> PyTree:
     p_flat, p_def = leaves_with_paths(packed)
     l_flat, l_def = leaves_with_paths(like)
     if p_def != l_def:
-        from jaxprune._tree import first_difference
-
-        raise ValueError(f"`packed` does not have the structure of `like`: {first_difference(packed, like)}.")
+        raise ValueError(
+            f"`packed` does not have the structure of `like`: {first_difference(packed, like, '`packed`', '`like`')}."
+        )
     out = []
     for (path, b), (_, ref) in zip(p_flat, l_flat):
         if b is None:
             out.append(None)
             continue
         shape = tuple(ref.shape)
-        n = math.prod(shape)
-        if getattr(b, "dtype", None) != jnp.uint8 or b.shape != ((n + 7) // 8,):
+        size = packed_size(shape)
+        if getattr(b, "dtype", None) != jnp.uint8 or tuple(b.shape) != (size,):
             raise ValueError(
-                f"`packed` leaf {path!r} must be uint8[{(n + 7) // 8}] for a mask of shape {shape}, "
+                f"`packed` leaf {path!r} must be uint8[{size}] for a mask of shape {shape}, "
                 f"got {getattr(b, 'dtype', type(b).__name__)}{list(getattr(b, 'shape', ()))}."
             )
-        out.append(jnp.unpackbits(b, count=n).astype(bool).reshape(shape))
+        out.append(unpack_bits(jnp.asarray(b), shape))
     return unflatten(p_def, out)

@@ -22,14 +22,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxprune import scores as scores_lib
-from jaxprune._tree import PyTree, leaves_with_paths, unflatten
-from jaxprune.masks import Where, apply_mask, init_masks
-from jaxprune.prune import Scope, prune_to_targets
+from jaxprune._checks import KEY_HELP, check_key, check_scope
+from jaxprune._tree import PyTree, check_masks_match, check_shapes_match, leaves_with_paths, unflatten
+from jaxprune.masks import Where, apply_mask, compile_pattern, init_masks
+from jaxprune.pruning import Scope, prune_to_targets
 from jaxprune.schedules import Schedule, constant
 from jaxprune.structures import Structure
 
 ScoreFn = Callable[[PyTree, PyTree | None, jax.Array | None], PyTree]
-_SCORES = ("magnitude", "random", "saliency")
 
 
 class PrunerState(NamedTuple):
@@ -40,28 +40,38 @@ class PrunerState(NamedTuple):
     count: jax.Array  # int32: how many pruning rounds have run
 
 
+def _magnitude_score(params, grads, key):
+    return scores_lib.magnitude(params)
+
+
+def _random_score(params, grads, key):
+    if key is None:
+        raise TypeError(f"score='random' needs `key=` in Pruner.update; {KEY_HELP}.")
+    check_key(key)
+    return scores_lib.random(key, params)
+
+
+def _saliency_score(params, grads, key):
+    if grads is None:
+        raise ValueError("score='saliency' needs `grads=` in Pruner.update.")
+    return scores_lib.saliency(params, grads)
+
+
+# The library's scores by name and as functions: Pruner(score=jp.magnitude) works like score="magnitude".
+_SCORES = {"magnitude": _magnitude_score, "random": _random_score, "saliency": _saliency_score}
+_SCORE_FUNCTIONS = {scores_lib.magnitude: "magnitude", scores_lib.random: "random", scores_lib.saliency: "saliency"}
+
+
 def _score_fn(score: str | ScoreFn) -> ScoreFn:
+    if isinstance(score, str) and score in _SCORES:
+        return _SCORES[score]
     if callable(score):
-        return score
-    if score == "magnitude":
-        return lambda params, grads, key: scores_lib.magnitude(params)
-    if score == "random":
-
-        def random_score(params, grads, key):
-            if key is None:
-                raise ValueError("score='random' needs `key=` in Pruner.update.")
-            return scores_lib.random(key, params)
-
-        return random_score
-    if score == "saliency":
-
-        def saliency_score(params, grads, key):
-            if grads is None:
-                raise ValueError("score='saliency' needs `grads=` in Pruner.update.")
-            return scores_lib.saliency(params, grads)
-
-        return saliency_score
-    raise ValueError(f"`score` must be one of {_SCORES} or a callable (params, grads, key) -> scores, got {score!r}.")
+        name = _SCORE_FUNCTIONS.get(score)
+        return _SCORES[name] if name else score
+    raise ValueError(
+        f"`score` must be one of {tuple(_SCORES)}, jp.magnitude, jp.random, jp.saliency "
+        f"or a callable (params, grads, key) -> scores, got {score!r}."
+    )
 
 
 def _as_schedule(value: Schedule | float, name: str) -> Schedule:
@@ -78,7 +88,8 @@ class Pruner:
 
     Args:
       score: ``"magnitude"`` (default), ``"random"`` (needs ``key``),
-        ``"saliency"`` (|w * g|, needs ``grads``), or a callable
+        ``"saliency"`` (|w * g|, needs ``grads``), the same as the functions
+        ``jp.magnitude``, ``jp.random``, ``jp.saliency``, or any callable
         ``(params, grads, key) -> scores``.
       schedule: a ``Schedule`` (``jp.schedules.*``) or a float (constant
         target from step 0); or a mapping from path regex to either, for
@@ -103,12 +114,13 @@ class Pruner:
         if isinstance(schedule, Mapping):
             if not schedule:
                 raise ValueError("`schedule` as a mapping needs at least one pattern.")
-            self.patterns = [(re.compile(p), _as_schedule(s, f"schedule[{p!r}]")) for p, s in schedule.items()]
+            self.patterns = [
+                (compile_pattern(p, f"schedule key {p!r}"), _as_schedule(s, f"schedule[{p!r}]"))
+                for p, s in schedule.items()
+            ]
         else:
             self.patterns = [(re.compile(""), _as_schedule(schedule, "schedule"))]
-        if scope not in ("global", "layer"):
-            raise ValueError(f"`scope` must be 'global' or 'layer', got {scope!r}.")
-        self.scope, self.structure, self.where = scope, structure, where
+        self.scope, self.structure, self.where = check_scope(scope), structure, where
 
     def _groups(self, masks: PyTree) -> list[int | None]:
         """The schedule index of each leaf (None where not prunable)."""
@@ -146,23 +158,20 @@ class Pruner:
         Jit-friendly: the decision is a ``lax.cond`` on traced values, so
         calling it every step compiles once.
         """
+        check_masks_match(params, state.masks, params_name="params", masks_name="state.masks")
         groups = self._groups(state.masks)
         wanted = self.targets(step)
         due = wanted > state.targets
-        # One (target, final) object per schedule: leaves sharing it are ranked together.
-        per_schedule = [(wanted[g], schedule.final) for g, (_, schedule) in enumerate(self.patterns)]
-        leaf_targets = [None if g is None else per_schedule[g] for g in groups]
+        group_targets = [(wanted[g], schedule.final) for g, (_, schedule) in enumerate(self.patterns)]
 
         def do_prune(masks):
-            scores = self.score(params, grads, key)
-            pruned = prune_to_targets(scores, masks, leaf_targets, scope=self.scope, structure=self.structure)
+            scores = self._scores(params, grads, key)
+            pruned = prune_to_targets(scores, masks, groups, group_targets, scope=self.scope, structure=self.structure)
             # Groups whose target did not rise keep their masks as they are.
-            keep_old = [None if g is None else ~due[g] for g in groups]
-            flat_new, treedef = leaves_with_paths(pruned)
-            flat_old, _ = leaves_with_paths(masks)
+            new, treedef = leaves_with_paths(pruned)
+            old, _ = leaves_with_paths(masks)
             return unflatten(
-                treedef,
-                [None if o is None else jnp.where(k, o, n) for (_, n), (_, o), k in zip(flat_new, flat_old, keep_old)],
+                treedef, [None if g is None else jnp.where(due[g], n, o) for g, (_, n), (_, o) in zip(groups, new, old)]
             )
 
         masks = lax.cond(jnp.any(due), do_prune, lambda m: m, state.masks)
@@ -171,6 +180,11 @@ class Pruner:
             jnp.where(due, wanted, state.targets),
             state.count + jnp.any(due).astype(jnp.int32),
         )
+
+    def _scores(self, params: PyTree, grads: PyTree | None, key: jax.Array | None) -> PyTree:
+        scores = self.score(params, grads, key)
+        check_shapes_match(params, scores, params_name="params", tree_name="the scores that `score` returned")
+        return scores
 
 
 def rewind(params: PyTree, init_params: PyTree, masks: PyTree) -> PyTree:

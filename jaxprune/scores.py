@@ -8,7 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxprune._tree import PyTree, is_none, leaves_with_paths, unflatten
+from jaxprune._checks import check_key
+from jaxprune._tree import PyTree, check_shapes_match, is_none, leaves_with_paths, unflatten
 
 
 def magnitude(params: PyTree) -> PyTree:
@@ -18,6 +19,7 @@ def magnitude(params: PyTree) -> PyTree:
 
 def random(key: jax.Array, params: PyTree) -> PyTree:
     """Uniform [0, 1) scores drawn from ``key``, one independent stream per leaf: random pruning."""
+    check_key(key)
     flat, treedef = leaves_with_paths(params)
     keys = jax.random.split(key, max(len(flat), 1))
     return unflatten(
@@ -27,5 +29,10 @@ def random(key: jax.Array, params: PyTree) -> PyTree:
 
 
 def saliency(params: PyTree, grads: PyTree) -> PyTree:
-    """``|w * g|``: first-order saliency, as in SNIP (Lee et al. 2019) with ``grads`` of the loss."""
+    """``|w * g|``: first-order saliency, as in SNIP (Lee et al. 2019) with ``grads`` of the loss.
+
+    Raises:
+      ValueError: ``grads`` does not have the structure and shapes of ``params`` (the first differing path is named).
+    """
+    check_shapes_match(params, grads, tree_name="grads")
     return jax.tree.map(lambda p, g: None if p is None else jnp.abs(p * g), params, grads, is_leaf=is_none)

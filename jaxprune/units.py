@@ -19,8 +19,9 @@ from itertools import pairwise
 import jax
 import jax.numpy as jnp
 
+from jaxprune._checks import check_scope
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
-from jaxprune.prune import _num_pruned, _target, alive_per_group
+from jaxprune.counts import alive_per_group, num_pruned, parse_target
 from jaxprune.select import lowest_k
 from jaxprune.structures import Structured
 
@@ -68,7 +69,8 @@ def lstm_units(num_layers: int, prefix: str = "") -> list[list[UnitAxis]]:
     return sets
 
 
-def _locate(flat_paths: list[str], masks: list, units: Sequence[UnitSet]) -> list[list[tuple[int, UnitAxis]]]:
+def locate(flat_paths: list[str], masks: list, units: Sequence[UnitSet]) -> list[list[tuple[int, UnitAxis]]]:
+    """Each unit set as ``[(leaf index, UnitAxis)]``, checked: paths exist, have masks, agree on the unit count."""
     index = {p: i for i, p in enumerate(flat_paths)}
     located = []
     for s, entries in enumerate(units):
@@ -109,11 +111,10 @@ def prune_units(
     entries; a unit is already pruned when all its entries are. ``scope``:
     ``"global"`` ranks the units of all sets together, ``"layer"`` each set on its own.
     """
-    if scope not in ("global", "layer"):
-        raise ValueError(f"`scope` must be 'global' or 'layer', got {scope!r}.")
-    target = _target(sparsity, amount)
+    check_scope(scope)
+    target = parse_target(sparsity, amount)
     s_flat, m_leaves, treedef = check_masks_match(scores, masks, params_name="scores")
-    located = _locate([p for p, _ in s_flat], m_leaves, units)
+    located = locate([p for p, _ in s_flat], m_leaves, units)
     unit_scores, unit_alive = [], []
     for row in located:
         total, alive = 0.0, False
@@ -127,7 +128,7 @@ def prune_units(
     sizes = [0] * (max(groups) + 1)
     for a, g in zip(unit_alive, groups):
         sizes[g] += int(a.shape[0])
-    k = _num_pruned(target, sizes, alive_per_group(unit_alive, groups), scope)
+    k = num_pruned(target, sizes, alive_per_group(unit_alive, groups), scope)
     pruned = lowest_k(unit_scores, unit_alive, groups, k)
     new = list(m_leaves)
     for row, alive, p in zip(located, unit_alive, pruned):
@@ -143,7 +144,7 @@ def kept_units(masks: PyTree, units: Sequence[UnitSet]) -> list[jax.Array]:
     paths = [p for p, _ in flat]
     leaves = [m for _, m in flat]
     out = []
-    for row in _locate(paths, leaves, units):
+    for row in locate(paths, leaves, units):
         alive = None
         for i, e in row:
             a = Structured(axis=e.axis, groups=e.groups).to_units(jnp.zeros(leaves[i].shape), leaves[i])[1]

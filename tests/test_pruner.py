@@ -78,7 +78,7 @@ def test_pruner_per_layer_schedules_and_unmatched_leaf():
 
 def test_pruner_scores_need_their_inputs():
     params = mlp([8, 4])
-    with pytest.raises(ValueError, match="needs `key=`"):
+    with pytest.raises(TypeError, match="needs `key=`"):
         p = jp.Pruner(score="random", schedule=0.5)
         p.update(p.init(params), params, 0)
     with pytest.raises(ValueError, match="needs `grads=`"):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jaxprune.prune import round_mul
+from jaxprune.counts import round_mul
 from jaxprune.select import count_true, lowest_k
 
 TINY = np.finfo(np.float32).tiny

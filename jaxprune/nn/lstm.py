@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxprune.dropout import check_rate, locked_dropout, weight_drop, zoneout
 from jaxprune.masks import apply_mask
+from jaxprune.nn.dropout import check_rate, locked_dropout, weight_drop, zoneout
 
 Params = dict[str, dict[str, jax.Array]]
 
