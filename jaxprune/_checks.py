@@ -19,12 +19,13 @@ SCOPES = ("global", "layer")
 KEY_HELP = "a PRNG key is one jax.random.key(seed) (or a legacy jax.random.PRNGKey(seed), uint32[2])"
 
 
-def check_int(name: str, value: Any, *, minimum: int = 0) -> int:
-    """An int (NumPy ints too, never ``bool``) that is at least ``minimum``; returns it as a Python int."""
+def check_int(name: str, value: Any, *, minimum: int | None = 0) -> int:
+    """An int (NumPy ints too, never ``bool``), at least ``minimum`` unless that is None; returns a Python int."""
+    allowed = {None: "an int", 0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int >= {minimum}, got {type(value).__name__} {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        raise TypeError(f"`{name}` must be {allowed}, got {type(value).__name__} {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
     return int(value)
 
 
@@ -32,6 +33,15 @@ def check_scope(scope: Any) -> str:
     if not isinstance(scope, str) or scope not in SCOPES:
         raise ValueError(f"`scope` must be 'global' or 'layer', got {scope!r}.")
     return scope
+
+
+def check_float_array(name: str, value: Any) -> None:
+    """An array (JAX or NumPy, tracers too) of a floating dtype; only dtype and shape are read."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or not hasattr(value, "shape"):
+        raise TypeError(f"`{name}` must be a floating-point array, got {type(value).__name__} {value!r}.")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array, got dtype {dtype}.")
 
 
 def check_key(key: Any, name: str = "key") -> jax.Array:

@@ -145,6 +145,8 @@ def sparsity(masks: PyTree) -> jax.Array:
     """Fraction of prunable weights that are pruned (a float32 scalar; works under ``jit``)."""
     leaves = _mask_leaves(masks)
     total = sum(int(m.size) for _, m in leaves)
+    if total == 0:  # only empty leaves: nothing is pruned (as summary() says)
+        return jnp.zeros((), jnp.float32)
     kept = sum(jnp.sum(m, dtype=jnp.int32) for _, m in leaves)
     return 1.0 - kept.astype(jnp.float32) / jnp.float32(total)
 

@@ -18,12 +18,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxprune._tree import PyTree, is_none
+from jaxprune._tree import PyTree, check_masks_match, check_shapes_match, is_none
 
 
 def _full_masks(masks: PyTree, like: PyTree) -> PyTree:
     """Masks with a scalar True where the mask is None, so the tree matches ``like`` leaf for leaf."""
     return jax.tree.map(lambda m, _: jnp.ones((), bool) if m is None else m, masks, like, is_leaf=is_none)
+
+
+def _check_update_args(name: str, updates: PyTree, params: PyTree, masks: PyTree) -> None:
+    """The masks and updates must mirror the params exactly: a broadcastable or float mask would zero nothing."""
+    if params is None:
+        raise ValueError(f"{name} needs `params` in update(updates, state, params, masks=...).")
+    if masks is None:
+        raise TypeError(f"{name} needs `masks=`: the current masks (a tree of bool arrays mirroring `params`).")
+    check_masks_match(params, masks)
+    check_shapes_match(params, updates, tree_name="updates")
 
 
 def _zeroing_updates(updates: PyTree, params: PyTree, masks: PyTree) -> PyTree:
@@ -47,17 +57,17 @@ def zero_pruned() -> optax.GradientTransformationExtraArgs:
     After ``optax.apply_updates`` every pruned weight is exactly 0.0,
     including any weight that was non-zero before the mask changed.
 
-    ``update(updates, state, params, *, masks)``; ``params`` is required.
+    ``update(updates, state, params, *, masks)``; ``params`` and ``masks`` are
+    required and checked as in ``masked_optimizer``.
     """
 
     def init(params):
         del params
         return ZeroPrunedState()
 
-    def update(updates, state, params=None, *, masks, **extra):
+    def update(updates, state, params=None, *, masks=None, **extra):
         del extra
-        if params is None:
-            raise ValueError("zero_pruned needs `params` in update(updates, state, params, masks=...).")
+        _check_update_args("zero_pruned", updates, params, masks)
         return _zeroing_updates(updates, params, masks), state
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -74,14 +84,18 @@ def masked_optimizer(inner: optax.GradientTransformation) -> optax.GradientTrans
          ``optax.apply_updates`` (weight decay included).
 
     ``update(grads, state, params, *, masks)``; masks may change between steps.
+
+    Raises:
+      ValueError: ``params`` missing; ``masks`` or ``grads`` do not mirror
+        ``params`` (structure or shape; the first differing path is named).
+      TypeError: ``masks`` missing, or a mask leaf that is not bool.
     """
 
     def init(params):
         return inner.init(params)
 
-    def update(grads, state, params=None, *, masks, **extra):
-        if params is None:
-            raise ValueError("masked_optimizer needs `params` in update(grads, state, params, masks=...).")
+    def update(grads, state, params=None, *, masks=None, **extra):
+        _check_update_args("masked_optimizer", grads, params, masks)
         full = _full_masks(masks, params)
         grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros((), g.dtype)), grads, full)
         state = optax.tree_utils.tree_map_params(

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxprune._checks import check_scope
 from jaxprune._tree import PyTree, check_masks_match, unflatten
-from jaxprune.counts import alive_per_group, num_pruned, parse_target, scheduled_count
+from jaxprune.counts import alive_per_group, is_traced, num_pruned, parse_target, scheduled_count
 from jaxprune.select import lowest_k
 from jaxprune.structures import NM, Block, Structure, Structured, Unstructured
 
@@ -69,6 +69,9 @@ def prune(
     sorting (see ``jaxprune.select``), so it is linear in N and works on
     sharded params without gathering them.
 
+    A leaf without entries (a 0 in its shape, as ``compact`` can leave) holds
+    no units: it takes no part and its mask comes back as it is.
+
     Under ``jit`` with a traced ``sparsity``, the target is taken as float32
     and ``round(float32(s) * N)`` is computed exactly in integers; out-of-range
     values are clipped to [0, 1] and NaN counts as 0, since a traced value
@@ -80,7 +83,7 @@ def prune(
         (naming the first differing path); nothing prunable in scope; a leaf
         the structure cannot tile.
       TypeError: a non-number ``sparsity``/``amount``, an unknown structure, a
-        non-bool mask.
+        non-bool mask, scores that are not real numbers (complex, bool).
     """
     structure, s_flat, m_leaves, treedef, live = _checked(scores, masks, scope, structure)
     new = list(m_leaves)
@@ -94,6 +97,13 @@ def prune(
         return unflatten(treedef, new)
 
     target = parse_target(sparsity, amount)
+    empty = [s_flat[i][0] for i, m in enumerate(m_leaves) if m is not None and m.size == 0]
+    if target.kind == "count" and not is_traced(target.value) and target.value > 0 and empty:
+        if scope == "layer" or not live:  # as PyTorch: no weights to take the count from
+            raise ValueError(
+                f"amount={target.value} should be smaller than the number of parameters to prune=0 "
+                f"(leaf {empty[0]!r} is empty)"
+            )
     groups = tuple(0 for _ in live) if scope == "global" else tuple(range(len(live)))
     return _select_into(
         s_flat, m_leaves, treedef, live, groups, structure, lambda n, a: num_pruned(target, n, a, scope)
@@ -154,14 +164,19 @@ def _checked(scores, masks, scope, structure):
         raise ValueError("nothing is prunable in scope: every leaf of `masks` is None.")
     for i in live:
         path, s = s_flat[i]
-        if not jnp.issubdtype(jnp.result_type(s), jnp.number):
-            raise TypeError(f"`scores` leaf {path!r} must be numeric, got {jnp.result_type(s)}.")
+        dtype = jnp.result_type(s)
+        if not jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(f"`scores` leaf {path!r} must be real numbers (int or float), got {dtype}.")
         structure.check(path, tuple(m_leaves[i].shape))
+    # A leaf without entries has nothing to prune and holds no units: it takes no part.
+    live = [i for i in live if m_leaves[i].size]
     return structure, s_flat, m_leaves, treedef, live
 
 
 def _select_into(s_flat, m_leaves, treedef, live, groups, structure, counts):
     """Runs one selection over the live leaves with ``counts(sizes, alive) -> k`` and rebuilds the tree."""
+    if not live:
+        return unflatten(treedef, m_leaves)
     scores_l = [s_flat[i][1] for i in live]
     masks_l = [m_leaves[i] for i in live]
     sizes, alive = _unit_counts(masks_l, groups, structure)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from jaxprune._checks import check_int
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -54,16 +56,12 @@ def _fraction(name: str, value: object, *, open_top: bool = False) -> float:
     return v
 
 
-def _int(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
-    return int(value)
-
-
 def _rounds(rounds: object, every: object, begin: object) -> tuple[int, int, int]:
-    return _int("rounds", rounds, minimum=1), _int("every", every, minimum=1), _int("begin", begin, minimum=0)
+    return (
+        check_int("rounds", rounds, minimum=1),
+        check_int("every", every, minimum=1),
+        check_int("begin", begin),
+    )
 
 
 def _round_index(step: jax.Array, begin: int, every: int, rounds: int) -> jax.Array:
@@ -74,13 +72,13 @@ def _round_index(step: jax.Array, begin: int, every: int, rounds: int) -> jax.Ar
 
 def one_shot(sparsity: float, at: int = 0) -> Schedule:
     """Prune once, to ``sparsity``, at step ``at``."""
-    s, at = _fraction("sparsity", sparsity), _int("at", at, minimum=0)
+    s, at = _fraction("sparsity", sparsity), check_int("at", at)
     return Schedule(lambda step: jnp.where(step >= at, s, 0.0), s, f"one_shot(sparsity={s}, at={at})")
 
 
 def constant(sparsity: float, begin: int = 0) -> Schedule:
     """``sparsity`` from ``begin`` on (the same as ``one_shot``; reads better for per-layer targets)."""
-    s, begin = _fraction("sparsity", sparsity), _int("begin", begin, minimum=0)
+    s, begin = _fraction("sparsity", sparsity), check_int("begin", begin)
     return Schedule(lambda step: jnp.where(step >= begin, s, 0.0), s, f"constant(sparsity={s}, begin={begin})")
 
 
@@ -117,7 +115,11 @@ def polynomial(final: float, begin: int, end: int, every: int, initial: float = 
     the last update), ``final`` from ``end`` on, 0 before ``begin``.
     """
     final, initial = _fraction("final", final), _fraction("initial", initial)
-    begin, end, every = _int("begin", begin, minimum=0), _int("end", end, minimum=0), _int("every", every, minimum=1)
+    begin, end, every = (
+        check_int("begin", begin),
+        check_int("end", end, minimum=0),
+        check_int("every", every, minimum=1),
+    )
     if end < begin:
         raise ValueError(f"`end` must be >= `begin`, got begin={begin}, end={end}.")
     if initial > final:

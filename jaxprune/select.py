@@ -3,19 +3,29 @@
 ``lowest_k`` marks, in each group of leaves, exactly ``k`` entries with the
 lowest scores. Sorting all N scores costs O(N log N) and gathers everything in
 one place; instead this searches for the k-th lowest score over its 32-bit
-pattern (its *key*, see ``order_keys``):
+pattern (its *key*, see ``order_keys``), counting instead of sorting:
 
-1. A strided sample of about 65k scores per group is sorted; its quantiles
-   around ``k/N`` give a bracket of keys that holds the threshold with
-   overwhelming probability. One counting pass over all scores checks this
-   (a wrong bracket only costs passes, never a wrong answer).
-2. Each further pass counts, for two probe keys inside the bracket, how many
-   scores lie at or below each, and keeps the third of the bracket that holds
-   the threshold, until it is a single key. Counting is a fused elementwise
-   compare and sum per leaf, so sharded leaves are counted where they live
-   and only a few integers cross devices.
-3. Ties at the threshold are resolved by a second search of the same kind over
-   the entries' flat positions; it runs only when there is a tie to break.
+1. **Bracket.** A strided sample of about ``_SAMPLE`` (65,536) scores per group
+   is sorted; its ranks ``k/N * n +- _BRACKET_SIGMAS`` binomial standard
+   deviations give a bracket of keys that holds the threshold with
+   overwhelming probability. One counting pass over all scores checks both
+   ends (a wrong bracket only costs passes, never a wrong answer).
+2. **Probes.** Each further pass counts, for two probe keys inside the
+   bracket ``[lo, hi]``, how many scores lie at or below each, and keeps the
+   part of the bracket that holds the threshold, until it is a single key.
+   Where the counts look locally uniform, the probes are *interpolated*: they
+   sit ``_PROBE_SIGMAS`` binomial standard deviations (plus ``_CURVATURE`` of
+   the interval, for a density that is not quite flat) either side of the
+   linearly interpolated answer, so an interval of m entries shrinks to about
+   6 sqrt(m) in one pass. They are used only when that window is narrower than
+   ``1 / _NARROW`` of the interval and the previous pass's answer fell between
+   its probes; otherwise the pass splits the interval in thirds, so the worst
+   case stays within two passes per factor of three.
+   Counting is a fused elementwise compare and sum per leaf, so sharded
+   leaves are counted where they live and only a few integers cross devices.
+3. **Ties.** Entries keyed exactly at the threshold tie; the first ones in
+   flat order are taken, found from per-row counts of the tied entries (one
+   more pass, run only when a group has more ties than it needs).
 
 Order (lowest first, i.e. selected first):
   masked-out  <  NaN  <  -inf  <  negative  <  0  <  positive  <  +inf,
@@ -41,8 +51,11 @@ _NEG_INF, _POS_INF = 0x007FFFFF, 0xFF800000
 _ZERO, _NEG_TINY, _POS_TINY = 0x80000000, 0x7F7FFFFF, 0x80800000  # keys of 0, -FLT_MIN, +FLT_MIN
 _ROW = 32  # entries summed per partial count (each byte field holds at most 255)
 _SAMPLE = 1 << 16  # sample size per group for the initial bracket
-_SIGMAS = 4.0  # bracket half-width, in binomial standard deviations of the sample rank
-_STEP_TIES = 16  # up to this many ties to take, step through them instead of searching
+_BRACKET_SIGMAS = 4.0  # bracket half-width, in binomial standard deviations of the sample rank
+_PROBE_SIGMAS = 3.0  # interpolated probes' distance from the guess, in binomial standard deviations
+_CURVATURE = 0.02  # extra probe margin, as a fraction of the interval (|N(0,1)| varies ~8% over a first bracket)
+_NARROW = 6.0  # interpolate only when the probes' window is under 1/_NARROW of the interval
+_F32_BELOW_2_32 = 4294967040.0  # largest float32 below 2**32: float offsets clip here before the uint32 cast
 
 
 def order_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
@@ -143,22 +156,21 @@ def _search(
         third = span // _U32(3) + _U32(1)
         even = jnp.stack([lo + jnp.minimum(third, span) - _U32(1), lo + jnp.minimum(2 * third, span) - _U32(1)], 1)
         # Interpolated guess of the answer's offset in [0, span], and a margin
-        # of 3 binomial standard deviations of the entries in between.
+        # of _PROBE_SIGMAS binomial standard deviations of the entries in between.
         inside = jnp.maximum((upto - below).astype(f32), 1.0)
         frac = (k - below).astype(f32) / inside
         center = frac * span.astype(f32)
-        # The 2% term covers curvature: the density is not quite even across a
-        # wide interval (|N(0, 1)| changes ~8% across the first bracket).
-        margin = span.astype(f32) * (3.0 * jnp.sqrt(frac * (1 - frac) * inside + 1.0) / inside + 0.02) + 1.0
+        spread = _PROBE_SIGMAS * jnp.sqrt(frac * (1 - frac) * inside + 1.0) / inside
+        margin = span.astype(f32) * (spread + _CURVATURE) + 1.0
 
         def offset(x):  # float offset -> uint32 in [0, span - 1]; float32 is coarse near 2**32
-            return jnp.minimum(jnp.clip(x, 0.0, 4294967040.0).astype(_U32), span - _U32(1))
+            return jnp.minimum(jnp.clip(x, 0.0, _F32_BELOW_2_32).astype(_U32), span - _U32(1))
 
         smart = jnp.stack([lo + offset(center - margin), lo + offset(center + margin)], 1)
         # Interpolate only where it beats the even split: a wide margin (few
         # entries left across many keys) would shrink the interval by only a
         # little each pass.
-        narrow = 6.0 * margin < span.astype(f32)
+        narrow = _NARROW * margin < span.astype(f32)
         probes = jnp.where((guess & narrow)[:, None], smart, even)  # all in [lo, hi - 1]
         counts = count_at(probes)
         # Counts grow with the probe, so the probes short of k come first.
@@ -192,7 +204,11 @@ def lowest_k(
       groups: the group (0..G-1) of each leaf. Leaves of a group compete with
         each other: one group is global selection, one group per leaf is per layer.
       k: int array [G], how many entries to mark per group, 0 <= k[g] <= group size.
+
+    Leaves without entries take no part; a group without entries marks nothing.
     """
+    if any(s.size == 0 for s in scores):
+        return _skip_empty(scores, alive, groups, k)
     num_groups = int(k.shape[0])
     members: list[list[int]] = [[] for _ in range(num_groups)]
     offsets, sizes = [], [0] * num_groups
@@ -241,6 +257,23 @@ def lowest_k(
         ((key < thresh[g]) | ((key == thresh[g]) & (idx < cut[g]))) & (k[g] > 0)
         for key, idx, g in zip(keys, indices, groups)
     ]
+
+
+def _skip_empty(scores, alive, groups, k) -> list[jax.Array]:
+    """``lowest_k`` over the leaves that have entries; empty leaves come back as empty masks."""
+    full = [i for i, s in enumerate(scores) if s.size]
+    out = [jnp.zeros(s.shape, bool) for s in scores]
+    if full:
+        used = sorted({groups[i] for i in full})  # groups renumbered 0..G'-1
+        marked = lowest_k(
+            [scores[i] for i in full],
+            [alive[i] for i in full],
+            [used.index(groups[i]) for i in full],
+            k[jnp.asarray(used)],
+        )
+        for i, m in zip(full, marked):
+            out[i] = m
+    return out
 
 
 def _nth_true(preds: Sequence[jax.Array], members: list[list[int]], offsets: list[int], n: jax.Array) -> jax.Array:
@@ -301,7 +334,7 @@ def _bracket(floats, alive, members, sizes, want, count_le):
         n = sample.shape[0]
         rank = want[g].astype(jnp.float32) * (n / sizes[g])
         p = rank / n
-        margin = _SIGMAS * jnp.sqrt(n * p * (1 - p)) + 2.0
+        margin = _BRACKET_SIGMAS * jnp.sqrt(n * p * (1 - p)) + 2.0
         r_lo = jnp.floor(rank - margin).astype(jnp.int32) - 1
         r_hi = jnp.ceil(rank + margin).astype(jnp.int32)
         los.append(jnp.where(r_lo < 0, _U32(0), sample[jnp.clip(r_lo, 0, n - 1)]))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from jaxprune._checks import check_int
 from jaxprune.select import order_keys
 
 _ORDS = "a positive number or float('inf')"
@@ -82,8 +83,8 @@ class Structured:
 
     def __post_init__(self):
         _check_ord(self.ord)
-        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
-            raise ValueError(f"`groups` must be a positive int, got {self.groups!r}.")
+        check_int("axis", self.axis, minimum=None)
+        check_int("groups", self.groups, minimum=1)
 
     def check(self, path: str, shape: tuple[int, ...]) -> None:
         if not shape:
@@ -97,7 +98,7 @@ class Structured:
     def _split(self, x: jax.Array) -> jax.Array:
         a = self.axis % x.ndim
         x = jnp.moveaxis(x, a, 0)
-        return x.reshape(self.groups, x.shape[0] // self.groups, -1)
+        return x.reshape(self.groups, x.shape[0] // self.groups, math.prod(x.shape[1:]))  # no -1: x may be empty
 
     def to_units(self, score: jax.Array, alive: jax.Array) -> tuple[jax.Array, jax.Array]:
         s, a = self._split(jnp.where(alive, score, 0)), self._split(alive)
@@ -122,9 +123,12 @@ class Block:
 
     def __post_init__(self):
         _check_ord(self.ord)
-        if not self.shape or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.shape):
-            raise ValueError(f"`shape` must be a non-empty tuple of positive ints, got {self.shape!r}.")
-        object.__setattr__(self, "shape", tuple(self.shape))
+        shape = self.shape
+        if not isinstance(shape, (tuple, list)) or not shape:
+            raise TypeError(f"`shape` must be a non-empty tuple of positive ints, e.g. (4, 4), got {shape!r}.")
+        for i, b in enumerate(shape):
+            check_int(f"shape[{i}]", b, minimum=1)
+        object.__setattr__(self, "shape", tuple(int(b) for b in shape))
 
     def check(self, path: str, shape: tuple[int, ...]) -> None:
         k = len(self.shape)
@@ -168,10 +172,9 @@ class NM:
     axis: int = -1
 
     def __post_init__(self):
-        for name in ("n", "m"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"`{name}` must be a non-negative int, got {v!r}.")
+        check_int("n", self.n, minimum=0)
+        check_int("m", self.m, minimum=1)
+        check_int("axis", self.axis, minimum=None)
         if not 0 <= self.n <= self.m or self.m == 0:
             raise ValueError(f"N:M needs 0 <= n <= m and m >= 1, got n={self.n}, m={self.m}.")
 

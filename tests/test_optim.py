@@ -87,3 +87,22 @@ def test_zero_pruned_as_last_link_of_a_chain():
     assert bool(jnp.all(jnp.where(masks["w1"], True, params["w1"] == 0)))
     with pytest.raises(ValueError, match="needs `params`"):
         tx.update(grads, opt_state, None, masks=masks)
+
+
+@pytest.mark.parametrize("make", [jp.masked_optimizer, lambda tx: optax.chain(tx, jp.zero_pruned())])
+def test_masks_that_do_not_mirror_params_raise_instead_of_broadcasting(make):
+    params, _ = problem()
+    masks = jp.init_masks(params)
+    tx = make(optax.sgd(0.1))
+    state = tx.init(params)
+    bad = [
+        ({**masks, "w1": jnp.ones((1, 16), bool)}, ValueError, r"'w1' has shape \(1, 16\) but `params` has \(12, 16\)"),
+        ({"w1": masks["w1"]}, ValueError, "does not have the structure of `params`"),
+        ({**masks, "w1": jnp.ones((12, 16))}, TypeError, "'w1' must be a bool array"),
+        (None, TypeError, "needs `masks=`"),
+    ]
+    for m, error, match in bad:
+        with pytest.raises(error, match=match):
+            tx.update(params, state, params, masks=m)
+    with pytest.raises(ValueError, match="`updates` does not have the structure"):
+        tx.update({"w1": params["w1"]}, state, params, masks=masks)

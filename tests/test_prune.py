@@ -256,3 +256,76 @@ def test_property_global_and_layer_agree_on_one_leaf(x, s):
     g = jp.prune(jp.magnitude(params), jp.init_masks(params), sparsity=s, scope="global")
     l = jp.prune(jp.magnitude(params), jp.init_masks(params), sparsity=s, scope="layer")
     chex.assert_trees_all_equal(g, l)
+
+
+# --- hardening: inputs that used to give wrong results or foreign errors ------
+
+
+def test_complex_scores_are_refused_not_truncated():
+    params = mlp_params()
+    scores = jax.tree.map(lambda x: x * (1 + 1j), jp.magnitude(params))
+    with pytest.raises(TypeError, match=r"'dense_0/kernel' must be real numbers .* got complex64"):
+        jp.prune(scores, jp.init_masks(params), sparsity=0.5)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: jp.Block(shape=4), TypeError, "`shape` must be a non-empty tuple"),
+        (lambda: jp.Block(shape=()), TypeError, "`shape` must be a non-empty tuple"),
+        (lambda: jp.Block(shape=(4, 0)), ValueError, r"`shape\[1\]` must be a positive int"),
+        (lambda: jp.Structured(axis="rows"), TypeError, "`axis` must be an int"),
+        (lambda: jp.Structured(groups=0), ValueError, "`groups` must be a positive int"),
+        (lambda: jp.NM(2, 0), ValueError, "`m` must be a positive int"),
+        (lambda: jp.NM(2.0, 4), TypeError, "`n` must be a non-negative int"),
+    ],
+)
+def test_bad_structure_arguments_raise(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+EMPTY_STRUCTURES = [None, jp.Structured(axis=0), jp.Structured(axis=1), jp.Block((2, 2))]
+
+
+@pytest.mark.parametrize("structure", EMPTY_STRUCTURES)
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_zero_size_leaves_take_no_part(structure, scope):
+    full = {"a": jnp.arange(1.0, 17.0).reshape(4, 4)}
+    params = {**full, "empty_rows": jnp.zeros((0, 4)), "empty_cols": jnp.zeros((4, 0))}
+    masks = jp.prune(jp.magnitude(params), jp.init_masks(params), sparsity=0.5, scope=scope, structure=structure)
+    alone = jp.prune(jp.magnitude(full), jp.init_masks(full), sparsity=0.5, scope=scope, structure=structure)
+    np.testing.assert_array_equal(masks["a"], alone["a"])  # the empty leaves change nothing
+    assert masks["empty_rows"].shape == (0, 4) and masks["empty_cols"].shape == (4, 0)
+    assert masks["empty_rows"].dtype == bool
+
+
+def test_zero_size_leaves_with_nm_pruner_units_and_counts():
+    params = {"a": jnp.arange(1.0, 13.0).reshape(3, 4), "e": jnp.zeros((0, 4))}
+    masks = jp.init_masks(params)
+    nm = jp.prune(jp.magnitude(params), masks, structure=jp.NM(2, 4))
+    assert int(nm["a"].sum()) == 6 and nm["e"].shape == (0, 4)
+    pruner = jp.Pruner(schedule=0.5)
+    state = pruner.update(pruner.init(params), params, 0)
+    assert int(state.masks["a"].sum()) == 6
+    only_empty = {"e": jnp.zeros((0, 4))}
+    assert jp.prune(jp.magnitude(only_empty), jp.init_masks(only_empty), sparsity=0.9)["e"].shape == (0, 4)
+    assert float(jp.sparsity(jp.init_masks(only_empty))) == 0.0 == jp.summary(jp.init_masks(only_empty)).sparsity
+    assert abs(float(jp.sparsity(state.masks)) - 0.5) < 1e-7
+    with pytest.raises(ValueError, match="number of parameters to prune=0"):
+        jp.prune(jp.magnitude(params), masks, amount=2, scope="layer")  # PyTorch refuses it on the empty leaf too
+    assert kept(jp.prune(jp.magnitude(params), masks, amount=2)) == 10  # global: 2 of the 12 weights of "a"
+
+
+def test_prune_units_after_compact_left_an_empty_layer():
+    params = {
+        "l0": {"kernel": jax.random.normal(jax.random.key(0), (6, 4)), "bias": jnp.zeros(4)},
+        "l1": {"kernel": jax.random.normal(jax.random.key(1), (4, 3))},
+    }
+    masks = jp.init_masks(params, where=lambda p, x: True)
+    units = jp.mlp_units(["l0", "l1"])
+    masks = jp.prune_units(jp.magnitude(params), masks, units, sparsity=1.0)
+    small, small_masks = jp.compact(params, masks, units)
+    assert small["l0"]["kernel"].shape == (6, 0)
+    again = jp.prune_units(jp.magnitude(small), small_masks, units, sparsity=0.5)
+    assert again["l1"]["kernel"].shape == (0, 3)

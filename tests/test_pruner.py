@@ -154,3 +154,36 @@ def test_iterative_magnitude_pruning_with_rewinding_trains_a_sparse_mlp():
         masks = jp.prune(jp.magnitude(trained), masks, sparsity=1 - 0.7**r)
     assert min(accs) > 0.9, accs
     assert float(jp.sparsity(masks)) == pytest.approx(round((1 - 0.7**4) * 832) / 832)
+
+
+def test_library_score_functions_are_accepted_as_they_are():
+    params = mlp([8, 4])
+    grads = jax.tree.map(lambda x: jnp.cos(x * 3.0), params)
+    key = jax.random.key(1)
+    for fn, name in ((jp.magnitude, "magnitude"), (jp.random, "random"), (jp.saliency, "saliency")):
+        a, b = jp.Pruner(score=fn, schedule=0.5), jp.Pruner(score=name, schedule=0.5)
+        sa = a.update(a.init(params), params, 0, grads=grads, key=key)
+        sb = b.update(b.init(params), params, 0, grads=grads, key=key)
+        chex.assert_trees_all_equal(sa.masks, sb.masks)
+    # The three-argument form keeps working: here it is magnitude again.
+    c, m = jp.Pruner(score=lambda p, g, k: jp.magnitude(p), schedule=0.5), jp.Pruner(schedule=0.5)
+    chex.assert_trees_all_equal(c.update(c.init(params), params, 0).masks, m.update(m.init(params), params, 0).masks)
+
+
+def test_pruner_bad_inputs_name_what_the_user_passed():
+    params = mlp([8, 4])
+    with pytest.raises(ValueError, match=r"schedule key 'dense_\(' is not a valid regular expression"):
+        jp.Pruner(schedule={"dense_(": 0.5})
+    p = jp.Pruner(score="saliency", schedule=0.5)
+    with pytest.raises(ValueError, match="`grads` does not have the structure of `params`"):
+        p.update(p.init(params), params, 0, grads={"dense_0": {"kernel": params["dense_0"]["kernel"]}})
+    other = mlp([8, 5])
+    with pytest.raises(ValueError, match=r"`state.masks` leaf 'dense_0/kernel' has shape \(8, 4\) but `params`"):
+        p.update(p.init(params), other, 0)
+    r = jp.Pruner(score="random", schedule=0.5)
+    for key in (3, jax.random.split(jax.random.key(0), 2), jnp.zeros(4, jnp.uint32)):
+        with pytest.raises(TypeError, match="PRNG key"):
+            r.update(r.init(params), params, 0, key=key)
+    with pytest.raises(ValueError, match="`the scores that `score` returned` does not have the structure"):
+        bad = jp.Pruner(score=lambda p, g, k: {"dense_0": {"kernel": p["dense_0"]["kernel"]}}, schedule=0.5)
+        bad.update(bad.init(params), params, 0)

@@ -53,14 +53,14 @@ def test_one_shot_and_constant():
     [
         (lambda: schedules.linear(1.2, 10), ValueError, r"`final` must be in \[0, 1\]"),
         (lambda: schedules.linear(float("nan"), 10), ValueError, "`final`"),
-        (lambda: schedules.linear(0.9, 0), ValueError, "`rounds` must be >= 1"),
-        (lambda: schedules.linear(0.9, 10, every=0), ValueError, "`every` must be >= 1"),
+        (lambda: schedules.linear(0.9, 0), ValueError, "`rounds` must be a positive int"),
+        (lambda: schedules.linear(0.9, 10, every=0), ValueError, "`every` must be a positive int"),
         (lambda: schedules.geometric(-0.1, 3), ValueError, "`rate`"),
         (lambda: schedules.polynomial(0.9, begin=10, end=5, every=1), ValueError, "`end` must be >= `begin`"),
-        (lambda: schedules.polynomial(0.9, begin=0, end=5, every=-1), ValueError, "`every` must be >= 1"),
+        (lambda: schedules.polynomial(0.9, begin=0, end=5, every=-1), ValueError, "`every` must be a positive int"),
         (lambda: schedules.polynomial(0.5, begin=0, end=5, every=1, initial=0.6), ValueError, "`initial` must be <="),
         (lambda: schedules.one_shot("0.5"), TypeError, "`sparsity` must be a float"),
-        (lambda: schedules.linear(0.9, 2.5), TypeError, "`rounds` must be an int"),
+        (lambda: schedules.linear(0.9, 2.5), TypeError, "`rounds` must be a positive int"),
     ],
 )
 def test_bad_arguments_raise(make, error, match):

@@ -1,5 +1,7 @@
 """Number-for-number parity with torch.nn.utils.prune on the same weights (no ties)."""
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -102,3 +104,70 @@ def test_ln_structured_iterative_is_relative_to_remaining_channels():
                 prune_t.ln_structured(m, "weight", amount=0.25, n=2, dim=0)
         masks = jp.prune(jp.magnitude(params), masks, amount=0.25, scope="layer", structure=jp.Structured(axis=0))
         assert_same(masks, torch_masks(model))
+
+
+def empty_and_full_model(seed=5):
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        return torch.nn.Sequential(torch.nn.Linear(6, 0), torch.nn.Linear(0, 4), torch.nn.Linear(6, 5))
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.4, 1.0])
+def test_empty_tensors_l1_and_ln_structured(amount):
+    model = empty_and_full_model()
+    params = as_params(model)
+    for m in model:
+        prune_t.l1_unstructured(m, "weight", amount=amount)
+    assert_same(jp.prune(jp.magnitude(params), jp.init_masks(params), amount=amount, scope="layer"), torch_masks(model))
+    model = empty_and_full_model()
+    for m in model:
+        prune_t.ln_structured(m, "weight", amount=amount, n=2, dim=0)
+    structured = jp.prune(
+        jp.magnitude(params), jp.init_masks(params), amount=amount, scope="layer", structure=jp.Structured(axis=0)
+    )
+    assert_same(structured, torch_masks(model))
+
+
+def test_empty_tensors_global_unstructured_and_int_amounts():
+    model = empty_and_full_model()
+    params = as_params(model)
+    prune_t.global_unstructured([(m, "weight") for m in model], pruning_method=prune_t.L1Unstructured, amount=0.5)
+    assert_same(jp.prune(jp.magnitude(params), jp.init_masks(params), amount=0.5), torch_masks(model))
+    # An int count on an empty tensor: both refuse with PyTorch's message.
+    with pytest.raises(ValueError, match="number of parameters to prune=0"):
+        prune_t.l1_unstructured(empty_and_full_model()[1], "weight", amount=2)
+    with pytest.raises(ValueError, match="number of parameters to prune=0"):
+        jp.prune(jp.magnitude(params), jp.init_masks(params), amount=2, scope="layer")
+
+
+def test_importance_scores_l1_unstructured():
+    model = torch_model(6)
+    params = as_params(model)
+    rng = np.random.default_rng(0)
+    scores = {k: {"weight": jnp.asarray(rng.random(v["weight"].shape), jnp.float32)} for k, v in params.items()}
+    for i, m in enumerate(model):
+        if hasattr(m, "weight"):
+            prune_t.l1_unstructured(
+                m, "weight", amount=0.6, importance_scores=torch.from_numpy(np.array(scores[str(i)]["weight"]))
+            )
+    assert_same(jp.prune(scores, jp.init_masks(params), amount=0.6, scope="layer"), torch_masks(model))
+
+
+def test_ln_structured_with_scores_and_an_earlier_mask_counts_pruned_entries_as_zero():
+    """The documented difference: PyTorch ranks slices by the raw importance scores, pruned entries included;
+    jaxprune counts pruned entries as 0. With the earlier mask applied to the scores the two agree."""
+    model = torch_model(7)
+    params = as_params(model)
+    rng = np.random.default_rng(1)
+    scores = {k: {"weight": jnp.asarray(rng.random(v["weight"].shape), jnp.float32)} for k, v in params.items()}
+    masks = jp.prune(scores, jp.init_masks(params), sparsity=0.5, scope="layer")
+    for i, m in enumerate(model):
+        if hasattr(m, "weight"):
+            prune_t.custom_from_mask(m, "weight", torch.from_numpy(np.array(masks[str(i)]["weight"])))
+            masked_scores = np.asarray(scores[str(i)]["weight"]) * np.asarray(masks[str(i)]["weight"])
+            prune_t.ln_structured(
+                m, "weight", amount=0.5, n=2, dim=0, importance_scores=torch.from_numpy(masked_scores)
+            )
+    ours = jp.prune(scores, masks, amount=0.5, scope="layer", structure=jp.Structured(axis=0))
+    assert_same(ours, torch_masks(model))
