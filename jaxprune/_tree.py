@@ -112,7 +112,7 @@ def check_masks_match(
         masks,
         params_name=params_name,
         tree_name=masks_name,
-        hint=f" Build masks with jp.init_masks({params_name}).",
+        hint=" Build masks with jp.init_masks(params).",
     )
     for (path, _), m in zip(p_flat, m_leaves):
         if m is not None and getattr(m, "dtype", None) != jax.numpy.bool_:

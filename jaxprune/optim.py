@@ -91,6 +91,9 @@ def masked_optimizer(inner: optax.GradientTransformation) -> optax.GradientTrans
       TypeError: ``masks`` missing, or a mask leaf that is not bool.
     """
 
+    if not isinstance(inner, optax.GradientTransformation):
+        raise TypeError(f"`inner` must be an optax GradientTransformation (e.g. optax.adam(1e-3)), got {inner!r}.")
+
     def init(params):
         return inner.init(params)
 

@@ -68,7 +68,8 @@ def _score_fn(score: str | ScoreFn) -> ScoreFn:
     if callable(score):
         name = _SCORE_FUNCTIONS.get(score)
         return _SCORES[name] if name else score
-    raise ValueError(
+    error = ValueError if isinstance(score, str) else TypeError
+    raise error(
         f"`score` must be one of {tuple(_SCORES)}, jp.magnitude, jp.random, jp.saliency "
         f"or a callable (params, grads, key) -> scores, got {score!r}."
     )
@@ -195,4 +196,5 @@ def rewind(params: PyTree, init_params: PyTree, masks: PyTree) -> PyTree:
     from ``init_params`` too.
     """
     del params  # every surviving value is replaced; the argument mirrors the training-loop call
+    check_masks_match(init_params, masks, params_name="init_params")
     return apply_mask(init_params, masks)

@@ -40,10 +40,18 @@ class Schedule:
     description: str
 
     def __call__(self, step: int | jax.Array) -> jax.Array:
-        return self.fn(jnp.asarray(step, jnp.int32)).astype(jnp.float32)
+        return self.fn(as_step(step)).astype(jnp.float32)
 
     def __repr__(self) -> str:
         return self.description
+
+
+def as_step(step: object) -> jax.Array:
+    """A training step as int32: a Python/NumPy int or an integer scalar array (traced is fine)."""
+    dtype = getattr(step, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and jnp.ndim(step) == 0:
+        return jnp.asarray(step, jnp.int32)
+    return jnp.asarray(check_int("step", step), jnp.int32)
 
 
 def _fraction(name: str, value: object, *, open_top: bool = False) -> float:

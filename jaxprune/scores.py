@@ -12,8 +12,22 @@ from jaxprune._checks import check_key
 from jaxprune._tree import PyTree, check_shapes_match, is_none, leaves_with_paths, unflatten
 
 
+def _check_numeric(tree: PyTree, name: str) -> None:
+    for path, x in leaves_with_paths(tree)[0]:
+        if x is None:
+            continue
+        try:
+            dtype = jnp.result_type(x)
+        except TypeError:
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.number):
+            what = dtype if dtype is not None else type(x).__name__
+            raise TypeError(f"`{name}` leaf {path!r} must be a numeric array, got {what}.")
+
+
 def magnitude(params: PyTree) -> PyTree:
     """``|w|``: magnitude pruning (Han et al. 2015), PyTorch's L1 unstructured criterion."""
+    _check_numeric(params, "params")
     return jax.tree.map(lambda p: None if p is None else jnp.abs(p), params, is_leaf=is_none)
 
 
@@ -35,4 +49,6 @@ def saliency(params: PyTree, grads: PyTree) -> PyTree:
       ValueError: ``grads`` does not have the structure and shapes of ``params`` (the first differing path is named).
     """
     check_shapes_match(params, grads, tree_name="grads")
+    _check_numeric(params, "params")
+    _check_numeric(grads, "grads")
     return jax.tree.map(lambda p, g: None if p is None else jnp.abs(p * g), params, grads, is_leaf=is_none)

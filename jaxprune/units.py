@@ -19,7 +19,7 @@ from itertools import pairwise
 import jax
 import jax.numpy as jnp
 
-from jaxprune._checks import check_scope
+from jaxprune._checks import check_int, check_scope
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
 from jaxprune.counts import alive_per_group, num_pruned, parse_target
 from jaxprune.select import lowest_k
@@ -40,6 +40,8 @@ UnitSet = Sequence[UnitAxis]
 
 def mlp_units(layers: Sequence[str], kernel: str = "kernel", bias: str | None = "bias") -> list[list[UnitAxis]]:
     """Unit sets of the hidden layers of a Flax-style MLP (``[in, out]`` kernels), given its layer paths in order."""
+    if isinstance(layers, str) or not all(isinstance(x, str) for x in layers):
+        raise TypeError(f"`layers` must be a list of layer paths (str), e.g. ['dense_0', 'dense_1'], got {layers!r}.")
     if len(layers) < 2:
         raise ValueError(f"an MLP needs at least 2 layers to have hidden units, got {list(layers)}.")
     sets = []
@@ -58,6 +60,7 @@ def lstm_units(num_layers: int, prefix: str = "") -> list[list[UnitAxis]]:
     Each holds the unit's rows in all four gate blocks of ``w_ih``, ``w_hh``
     and both biases, its column of ``w_hh`` and its column of the next layer's ``w_ih``.
     """
+    check_int("num_layers", num_layers, minimum=1)
     sets = []
     for i in range(num_layers):
         p = f"{prefix}layer_{i}"
@@ -73,6 +76,8 @@ def locate(flat_paths: list[str], masks: list, units: Sequence[UnitSet]) -> list
     """Each unit set as ``[(leaf index, UnitAxis)]``, checked: paths exist, have masks, agree on the unit count."""
     index = {p: i for i, p in enumerate(flat_paths)}
     located = []
+    if isinstance(units, UnitAxis) or any(isinstance(e, UnitAxis) for e in units):
+        raise TypeError("`units` must be a list of unit sets, each a list of UnitAxis: e.g. [[UnitAxis(...), ...]].")
     for s, entries in enumerate(units):
         if not entries:
             raise ValueError(f"unit set {s} is empty.")

@@ -100,3 +100,9 @@ def test_unit_errors_are_clear():
     bad = [[jp.UnitAxis("dense_0/kernel", -1), jp.UnitAxis("dense_0/kernel", 0)]]
     with pytest.raises(ValueError, match="disagree on the number of units"):
         jp.prune_units(jp.magnitude(params), jp.init_masks(params, where=everything), bad, sparsity=0.5)
+    with pytest.raises(TypeError, match="`units` must be a list of unit sets"):
+        jp.prune_units(jp.magnitude(params), jp.init_masks(params, where=everything), bad[0], sparsity=0.5)
+    with pytest.raises(TypeError, match="`layers` must be a list of layer paths"):
+        jp.mlp_units("dense")
+    with pytest.raises(ValueError, match="`num_layers` must be a positive int"):
+        jp.lstm_units(0)

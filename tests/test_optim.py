@@ -106,3 +106,8 @@ def test_masks_that_do_not_mirror_params_raise_instead_of_broadcasting(make):
             tx.update(params, state, params, masks=m)
     with pytest.raises(ValueError, match="`updates` does not have the structure"):
         tx.update({"w1": params["w1"]}, state, params, masks=masks)
+
+
+def test_masked_optimizer_needs_an_optax_transform():
+    with pytest.raises(TypeError, match="`inner` must be an optax GradientTransformation"):
+        jp.masked_optimizer(None)

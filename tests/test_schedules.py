@@ -66,3 +66,15 @@ def test_one_shot_and_constant():
 def test_bad_arguments_raise(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+@pytest.mark.parametrize(("step", "error"), [(2.7, TypeError), (True, TypeError), ("1", TypeError), (-1, ValueError)])
+def test_a_step_is_a_non_negative_int(step, error):
+    with pytest.raises(error, match="`step` must be a non-negative int"):
+        schedules.linear(0.9, 3)(step)
+
+
+def test_integer_steps_of_any_kind_work_under_jit():
+    s = schedules.linear(0.9, 3)
+    for value in (s(np.int64(1)), s(jnp.int32(1)), jax.jit(s)(jnp.int32(1))):
+        assert float(value) == pytest.approx(0.6)  # rounds at steps 0, 1, 2: two done by step 1

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxprune as jp
 
@@ -34,3 +35,13 @@ def test_random_scores_prune_a_random_but_exact_subset():
     params = {"w": jnp.ones((50, 50))}
     masks = jp.prune(jp.random(jax.random.key(3), params), jp.init_masks(params), sparsity=0.3)
     assert int((~masks["w"]).sum()) == 750
+
+
+def test_scores_name_a_leaf_that_is_not_numeric():
+    with pytest.raises(TypeError, match="`params` leaf 'w' must be a numeric array, got str"):
+        jp.magnitude({"w": "weights"})
+    params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+    with pytest.raises(ValueError, match="`grads` does not have the structure of `params`"):
+        jp.saliency(params, {"w": jnp.ones((2, 3))})
+    with pytest.raises(TypeError, match="PRNG key"):
+        jp.random(0, params)
