@@ -5,9 +5,12 @@ files, taken in sorted order (byte level, 256 symbols), split 90/10 into
 training and validation text. The model (embedding, a 2-layer jaxprune LSTM
 with variational dropout, an output layer) trains densely first, then a
 ``Pruner`` raises global magnitude sparsity in equal cumulative steps to 90%,
-with fine-tuning between rounds. After each round the script prints the
-per-layer sparsity table and validation bits per character, saves an Orbax
-checkpoint, and at the end writes a plot of validation loss against sparsity.
+with fine-tuning between rounds. Fine-tuning is more training, so a dense copy
+forked when pruning starts trains alongside for the same steps (same batches,
+dropout and optimizer, never pruned): the honest baseline for each round.
+After each round the script prints the per-layer sparsity table and validation
+bits per character of both models, saves an Orbax checkpoint of the pruned one,
+and at the end plots both against training steps.
 
   python examples/char_lstm.py            # a few minutes on 2 CPU cores
   python examples/char_lstm.py --quick    # seconds: what the test suite runs
@@ -93,18 +96,25 @@ def main(argv=None):
     tx = jp.masked_optimizer(optax.adam(3e-3))
     pstate, opt_state = pruner.init(params), tx.init(params)
 
+    dense_masks = pstate.masks  # all ones: what the dense baseline trains with
+
     def loss_fn(p, masks, tokens, key, deterministic):
         logits = logits_fn(jp.apply_mask(p, masks), tokens[:, :-1], key, dropout, deterministic)
         targets = tokens[:, 1:].T
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
+    def fit(params, opt_state, masks, tokens, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, masks, tokens, key, False)
+        updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
+        return optax.apply_updates(params, updates), opt_state, loss
+
     @jax.jit
     def train_step(params, opt_state, pstate, tokens, key, step):
-        loss, grads = jax.value_and_grad(loss_fn)(params, pstate.masks, tokens, key, False)
-        updates, opt_state = tx.update(grads, opt_state, params, masks=pstate.masks)
-        params = optax.apply_updates(params, updates)
+        params, opt_state, loss = fit(params, opt_state, pstate.masks, tokens, key)
         pstate = pruner.update(pstate, params, step)
         return jp.apply_mask(params, pstate.masks), opt_state, pstate, loss
+
+    dense_step = jax.jit(fit)  # the baseline: the same step, never pruned
 
     @jax.jit
     def eval_loss(params, masks, tokens):
@@ -118,7 +128,7 @@ def main(argv=None):
 
     rng = np.random.default_rng(args.seed)
     ckpt = jp.Checkpointer(Path(args.out) / "checkpoints", max_to_keep=2)
-    history = []
+    history = []  # (steps trained, sparsity, pruned bits/char, dense bits/char) after each round
     total_steps = args.dense_steps + args.rounds * args.round_steps
     round_ends = {args.dense_steps + r * args.round_steps - 1: r for r in range(args.rounds + 1)}
     key = jax.random.key(args.seed + 1)
@@ -126,17 +136,24 @@ def main(argv=None):
         for step in range(total_steps):
             starts = rng.integers(0, len(train) - args.seq - 1, args.batch)
             tokens = jnp.asarray(np.stack([train[s : s + args.seq + 1] for s in starts]).astype(np.int32))
-            params, opt_state, pstate, loss = train_step(
-                params, opt_state, pstate, tokens, jax.random.fold_in(key, step), step
-            )
+            step_key = jax.random.fold_in(key, step)
+            params, opt_state, pstate, loss = train_step(params, opt_state, pstate, tokens, step_key, step)
+            if step < args.dense_steps:  # one model until pruning starts, then a dense copy trains alongside
+                dense_params, dense_opt = params, opt_state
+            else:
+                dense_params, dense_opt, _ = dense_step(dense_params, dense_opt, dense_masks, tokens, step_key)
             bar.update()
             bar.set_postfix(loss=f"{float(loss):.3f}", sparsity=f"{float(jp.sparsity(pstate.masks)):.0%}")
             if step in round_ends:  # the end of the dense phase or of a round's fine-tuning
                 bpc = bits_per_char(params, pstate.masks)
+                dense_bpc = bits_per_char(dense_params, dense_masks)
                 s = float(jp.sparsity(pstate.masks))
-                history.append((s, bpc))
+                history.append((step + 1, s, bpc, dense_bpc))
                 ckpt.save(step, {"params": params, "opt_state": opt_state, "pruner": pstate})
-                tqdm.write(f"\nround {round_ends[step]}: sparsity {s:.1%}, validation {bpc:.3f} bits/char")
+                tqdm.write(
+                    f"\nround {round_ends[step]} ({step + 1} steps): sparsity {s:.1%}, validation {bpc:.3f} bits/char"
+                    f" (dense after the same steps: {dense_bpc:.3f})"
+                )
                 tqdm.write(str(jp.summary(pstate.masks)))
     ckpt.close()
 
@@ -145,18 +162,31 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([100 * s for s, _ in history], [b for _, b in history], "o-")
-    ax.set_xlabel("sparsity (% of prunable weights)")
+    steps, sparsities, pruned, dense = zip(*history)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(steps, dense, "s--", color="tab:gray", label="dense, never pruned")
+    ax.plot(steps, pruned, "o-", color="tab:blue", label="pruned (sparsity at each point)")
+    for x, s, b in zip(steps[1:], sparsities[1:], pruned[1:]):
+        ax.annotate(f"{s:.0%}", (x, b), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.axvline(args.dense_steps, color="k", lw=0.8, ls=":")
+    ax.text(args.dense_steps, 0.97, " pruning starts", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    ax.set_xlabel("training steps")
     ax.set_ylabel("validation bits per character")
-    ax.set_title("char-level LSTM on the Python stdlib, global magnitude pruning", fontsize=10)
+    ax.set_title(
+        f"char-level LSTM on the Python stdlib: {sparsities[-1]:.0%} global magnitude pruning\n"
+        "vs. the same model trained densely for the same steps",
+        fontsize=10,
+    )
+    ax.margins(y=0.12)
+    ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
     plot = Path(args.out) / "char_lstm.png"
     fig.tight_layout()
     fig.savefig(plot, dpi=120)
     print(f"\nwrote {plot} and checkpoints in {Path(args.out) / 'checkpoints'}")
     print(
-        f"final: sparsity {history[-1][0]:.1%}, validation {history[-1][1]:.3f} bits/char (dense: {history[0][1]:.3f})"
+        f"final, after {steps[-1]} steps: dense {dense[-1]:.3f} bits/char, pruned to {sparsities[-1]:.1%}"
+        f" {pruned[-1]:.3f} bits/char ({pruned[-1] - dense[-1]:+.3f}; dense at the start of pruning: {dense[0]:.3f})"
     )
     return history
 

@@ -21,10 +21,12 @@ def load(name):
 
 def test_char_lstm_quick(tmp_path, capsys):
     history = load("char_lstm").main(["--quick", "--out", str(tmp_path)])
-    sparsities = [s for s, _ in history]
+    steps, sparsities, pruned, dense = zip(*history)
     assert sparsities[0] == 0.0 and sparsities[-1] == pytest.approx(0.9, abs=1e-4)
     assert all(b > a for a, b in pairwise(sparsities))
-    assert all(math.isfinite(b) and b < 8.0 for _, b in history)  # below 8 bits/char: it learned something
+    assert all(b > a for a, b in pairwise(steps))
+    assert pruned[0] == dense[0]  # the dense baseline forks from the model at the start of pruning
+    assert all(math.isfinite(b) and b < 8.0 for b in pruned + dense)  # below 8 bits/char: it learned something
     assert (tmp_path / "char_lstm.png").stat().st_size > 1000
     assert any((tmp_path / "checkpoints").iterdir())
     out = capsys.readouterr().out

@@ -329,3 +329,18 @@ def test_prune_units_after_compact_left_an_empty_layer():
     assert small["l0"]["kernel"].shape == (6, 0)
     again = jp.prune_units(jp.magnitude(small), small_masks, units, sparsity=0.5)
     assert again["l1"]["kernel"].shape == (0, 3)
+
+
+@given(
+    st.lists(leaf, min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)).filter(lambda s: 0 in s), min_size=1, max_size=2),
+    st.floats(0, 1),
+    st.sampled_from(["global", "layer"]),
+)
+def test_property_empty_leaves_change_nothing(leaves, empty_shapes, s, scope):
+    params = {f"l{i}": x for i, x in enumerate(leaves)}
+    with_empty = {**params, **{f"z{i}": np.zeros(shape, np.float32) for i, shape in enumerate(empty_shapes)}}
+    alone = jp.prune(jp.magnitude(params), jp.init_masks(params), sparsity=s, scope=scope)
+    mixed = jp.prune(jp.magnitude(with_empty), jp.init_masks(with_empty), sparsity=s, scope=scope)
+    chex.assert_trees_all_equal(alone, {k: v for k, v in mixed.items() if k in alone})
+    assert all(mixed[f"z{i}"].shape == shape for i, shape in enumerate(empty_shapes))

@@ -171,3 +171,20 @@ def test_ln_structured_with_scores_and_an_earlier_mask_counts_pruned_entries_as_
             )
     ours = jp.prune(scores, masks, amount=0.5, scope="layer", structure=jp.Structured(axis=0))
     assert_same(ours, torch_masks(model))
+
+
+def test_importance_scores_global_unstructured():
+    model = torch_model(8)
+    params = as_params(model)
+    rng = np.random.default_rng(2)
+    scores = {k: {"weight": jnp.asarray(rng.random(v["weight"].shape), jnp.float32)} for k, v in params.items()}
+    targets = [(m, "weight") for m in model if hasattr(m, "weight")]
+    importance = {
+        (m, "weight"): torch.from_numpy(np.array(scores[str(i)]["weight"]))
+        for i, m in enumerate(model)
+        if hasattr(m, "weight")
+    }
+    prune_t.global_unstructured(
+        targets, pruning_method=prune_t.L1Unstructured, importance_scores=importance, amount=0.7
+    )
+    assert_same(jp.prune(scores, jp.init_masks(params), amount=0.7), torch_masks(model))
