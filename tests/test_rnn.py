@@ -106,7 +106,7 @@ def test_variational_dropout_locks_masks_and_is_keyed():
         params, x, dropout=jp.RNNDropout(input=0.3, hidden=0.3, output=0.3, weight=0.2), deterministic=True
     )
     np.testing.assert_allclose(det, plain, atol=1e-6)
-    with pytest.raises(ValueError, match="`key` is required"):
+    with pytest.raises(TypeError, match=r"`key` is required.*a PRNG key is one jax\.random\.key"):
         jp.lstm(params, x, dropout=rates)
     with pytest.raises(ValueError, match=r"`dropout\.hidden` must be in"):
         jp.lstm(params, x, dropout=jp.RNNDropout(hidden=1.0), key=jax.random.key(0))
@@ -194,3 +194,98 @@ def test_recurrent_dropout_gradients_match_finite_differences():
         return jnp.sum(out**2) + jnp.sum(cn)
 
     check_grads(loss, (params, h0), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+
+
+# Bad inputs: each raises jaxprune's own error, naming the argument, before any work.
+# Only shapes and dtypes are read, so nothing here compiles an LSTM.
+
+P2 = jp.init_lstm(jax.random.key(0), 6, 8, num_layers=2)  # 2 layers, 1 direction, input 6, hidden 8
+X = jnp.zeros((5, 3, 6))  # [time, batch, input]
+H = jnp.zeros((2, 3, 8))  # [layers * directions, batch, hidden]
+
+
+def with_leaf(layer, name, value):
+    params = {n: dict(p) for n, p in P2.items()}
+    if value is None:
+        del params[layer][name]
+    else:
+        params[layer][name] = value
+    return params
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"initial_state": (H[:1], H[:1])}, ValueError, r"`initial_state\[0\]` \(h0\) has shape \(1, 3, 8\), expected"),
+        ({"initial_state": (H, H[..., :7])}, ValueError, r"`initial_state\[1\]` \(c0\) has shape \(2, 3, 7\)"),
+        ({"initial_state": (H, H), "batch_first": True}, ValueError, r"`initial_state\[0\]`.*batch 5"),
+        ({"initial_state": jnp.stack([H, H])}, TypeError, "`initial_state` must be a pair"),
+        ({"initial_state": (H,)}, TypeError, "`initial_state` must be a pair"),
+        ({"initial_state": (H.astype(jnp.bfloat16), H)}, TypeError, r"`initial_state\[0\]` is bfloat16"),
+        ({"xs": X[0]}, ValueError, r"`xs` must be 3-D \[time, batch, input\], got shape \(3, 6\)"),
+        ({"xs": X[None]}, ValueError, "`xs` must be 3-D"),
+        ({"xs": X[..., :5]}, ValueError, "`xs` has input size 5"),
+        ({"xs": X.astype(jnp.int32)}, TypeError, "`xs` must be a floating-point array"),
+        ({"xs": X.astype(jnp.bfloat16)}, TypeError, r"`xs` is bfloat16 but the LSTM params are float32; cast"),
+        ({"params": with_leaf("layer_0", "w_ih", None)}, ValueError, r"`params\['layer_0'\]` must hold exactly"),
+        ({"params": with_leaf("layer_1", "b_hh", None)}, ValueError, r"`params\['layer_1'\]` must hold exactly"),
+        ({"params": with_leaf("layer_1", "w_hr", H)}, ValueError, r"`params\['layer_1'\]` must hold exactly"),
+        ({"params": with_leaf("layer_1", "w_ih", jnp.zeros((32, 9)))}, ValueError, r"`params\['layer_1'\]\['w_ih'\]`"),
+        ({"params": with_leaf("layer_1", "w_hh", jnp.zeros((8, 32)))}, ValueError, r"`params\['layer_1'\]\['w_hh'\]`"),
+        ({"params": with_leaf("layer_1", "b_ih", jnp.zeros(8))}, ValueError, r"`params\['layer_1'\]\['b_ih'\]`"),
+        ({"params": with_leaf("layer_0", "w_hh", jnp.zeros((32, 9)))}, ValueError, r"`params\['layer_0'\]\['w_hh'\]`"),
+        ({"params": with_leaf("layer_0", "w_ih", jnp.zeros(32))}, ValueError, r"`params\['layer_0'\]\['w_ih'\]`"),
+        ({"params": with_leaf("layer_1", "b_ih", jnp.zeros(32, jnp.bfloat16))}, TypeError, "share one dtype"),
+        ({"params": with_leaf("layer_1", "b_ih", [0.0] * 32)}, TypeError, r"`params\['layer_1'\]\['b_ih'\]` must be"),
+        ({"params": {"layer_1": P2["layer_1"]}}, ValueError, "`params` must hold layer_0"),
+        ({"params": {}}, ValueError, "`params` must hold layer_0"),
+        ({"masks": jp.init_masks(jp.init_lstm(jax.random.key(0), 6, 4, num_layers=2))}, ValueError, "`masks` leaf"),
+        ({"masks": jax.tree.map(lambda m: m.astype(jnp.float32), jp.init_masks(P2))}, TypeError, "`masks` leaf"),
+        ({"dropout": 0.2, "key": jax.random.key(0)}, TypeError, "`dropout` must be a jp.RNNDropout"),
+    ],
+)
+def test_bad_lstm_inputs_raise_clear_errors(kwargs, error, match):
+    kwargs = {"params": P2, "xs": X, **kwargs}
+    with pytest.raises(error, match=match):
+        jp.lstm(kwargs.pop("params"), kwargs.pop("xs"), **kwargs)
+
+
+BAD_KEYS = [None, 0, jax.random.split(jax.random.key(0), 2), jnp.zeros(3, jnp.uint32), jnp.zeros(2, jnp.int32)]
+
+
+@pytest.mark.parametrize("bad", BAD_KEYS, ids=["None", "int", "batch", "uint32[3]", "int32[2]"])
+def test_bad_keys_raise_one_type_error(bad):
+    rates = jp.RNNDropout(input=0.2)
+    with pytest.raises(TypeError, match=r"`key`.*a PRNG key is one jax\.random\.key"):
+        jp.lstm(P2, X, dropout=rates, key=bad)
+    if bad is not None:  # a key given where none is needed is still checked
+        with pytest.raises(TypeError, match="`key` must be"):
+            jp.lstm(P2, X, key=bad)
+    with pytest.raises(TypeError, match="`key` must be"):
+        jp.init_lstm(bad, 6, 8)
+
+
+def test_lstm_checks_run_under_jit_and_init_checks_ints():
+    with pytest.raises(ValueError, match="`xs` has input size 5"):
+        jax.jit(lambda x: jp.lstm(P2, x))(X[..., :5])
+    with pytest.raises(ValueError, match=r"`initial_state\[0\]`"):
+        jax.jit(lambda h: jp.lstm(P2, X, initial_state=(h, h)))(H[:1])
+    with pytest.raises(TypeError, match="`key` must be"):
+        jax.jit(lambda k: jp.lstm(P2, X, key=k))(jax.random.split(jax.random.key(0), 2))
+    with pytest.raises(TypeError, match=r"`num_layers` must be a positive int, got float 2\.0"):
+        jp.init_lstm(jax.random.key(0), 6, 8, num_layers=2.0)
+    with pytest.raises(TypeError, match="`bidirectional` must be a bool"):
+        jp.init_lstm(jax.random.key(0), 6, 8, bidirectional="yes")
+    with pytest.raises(ValueError, match=r"`dropout\.zoneout` must be in \[0, 1\]"):
+        jp.lstm(P2, X, dropout=jp.RNNDropout(zoneout=1.5), key=jax.random.key(0))
+    # A legacy uint32[2] key and NumPy ints are fine.
+    assert jp.init_lstm(jax.random.PRNGKey(0), np.int64(6), 8)["layer_0"]["w_ih"].shape == (32, 6)
+
+
+def test_dropout_rates_can_be_traced():
+    # RNNDropout is a pytree, so jit traces its rates; tracing alone shows no rate is used as a Python bool.
+    rates = jp.RNNDropout(input=0.3, hidden=0.3, output=0.3, weight=0.2, zoneout=0.1)
+    out = jax.eval_shape(lambda r: jp.lstm(P2, X, dropout=r, key=jax.random.key(2))[0], rates)
+    assert out.shape == (5, 3, 8)
+    with pytest.raises(TypeError, match="`key` is required"):  # a traced rate may be non-zero
+        jax.eval_shape(lambda r: jp.lstm(P2, X, dropout=r), rates)

@@ -14,16 +14,20 @@ cell's elementwise math.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxprune._checks import KEY_HELP, check_float_array, check_int, check_key
 from jaxprune.masks import apply_mask
 from jaxprune.nn.dropout import check_rate, locked_dropout, weight_drop, zoneout
 
 Params = dict[str, dict[str, jax.Array]]
+
+WEIGHTS = ("w_ih", "w_hh", "b_ih", "b_hh")
 
 
 class RNNDropout(NamedTuple):
@@ -46,6 +50,7 @@ class RNNDropout(NamedTuple):
     zoneout: float = 0.0
 
     def check(self) -> None:
+        """Raises ``TypeError``/``ValueError`` for a rate that is not a float in range (traced rates pass)."""
         for name in ("input", "hidden", "output", "weight"):
             check_rate(getattr(self, name), f"dropout.{name}")
         check_rate(self.zoneout, "dropout.zoneout", allow_one=True)
@@ -58,10 +63,28 @@ def _layer_names(num_layers: int, bidirectional: bool) -> list[list[str]]:
 def init_lstm(
     key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False
 ) -> Params:
-    """PyTorch-initialised LSTM params: ``{"layer_0": {"w_ih", "w_hh", "b_ih", "b_hh"}, "layer_0_reverse": ...}``."""
-    for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {v!r}.")
+    """PyTorch-initialised LSTM params: ``{"layer_0": {"w_ih", "w_hh", "b_ih", "b_hh"}, "layer_0_reverse": ...}``.
+
+    Args:
+      key: one PRNG key.
+      input_size: features per timestep of the input, >= 1.
+      hidden_size: units per layer and direction, >= 1.
+      num_layers: stacked layers, >= 1.
+      bidirectional: add a ``layer_i_reverse`` beside each layer.
+
+    Returns:
+      float32 params, each drawn from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as PyTorch does.
+
+    Raises:
+      TypeError: ``key`` is not one PRNG key, a size is not an int, or ``bidirectional`` is not a bool.
+      ValueError: a size is < 1.
+    """
+    check_key(key)
+    input_size = check_int("input_size", input_size, minimum=1)
+    hidden_size = check_int("hidden_size", hidden_size, minimum=1)
+    num_layers = check_int("num_layers", num_layers, minimum=1)
+    if not isinstance(bidirectional, bool):
+        raise TypeError(f"`bidirectional` must be a bool, got {type(bidirectional).__name__} {bidirectional!r}.")
     bound = hidden_size**-0.5
     params = {}
     for i, names in enumerate(_layer_names(num_layers, bidirectional)):
@@ -76,13 +99,108 @@ def init_lstm(
     return params
 
 
-def _shape(params: Params) -> tuple[int, int, bool]:
-    names = [n for n in params if n.startswith("layer_")]
+class _Dims(NamedTuple):
+    """What checked params say about the LSTM."""
+
+    num_layers: int
+    directions: int
+    hidden: int
+    input_size: int
+    dtype: Any
+
+
+def _check_params(params: Any) -> _Dims:
+    """Checks the layer names, and every weight's shape and dtype against layer_0's ``w_hh`` and ``w_ih``.
+
+    Every layer is checked, so params converted from PyTorch with a slip (a
+    transposed weight, a missing bias, one layer of another size) fail here
+    by name rather than inside the einsum or the scan.
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"`params` must be a dict of layers (as init_lstm returns), got {type(params).__name__}.")
+    names = [n for n in params if isinstance(n, str) and n.startswith("layer_")]
     bidirectional = any(n.endswith("_reverse") for n in names)
     num_layers = len(names) // (2 if bidirectional else 1)
-    if set(names) != {n for layer in _layer_names(num_layers, bidirectional) for n in layer}:
-        raise ValueError(f"LSTM params must hold layer_0 ... layer_{{L-1}} (and *_reverse); got {sorted(params)}.")
-    return num_layers, params["layer_0"]["w_hh"].shape[1], bidirectional
+    layers = _layer_names(num_layers, bidirectional)
+    if num_layers < 1 or set(names) != {n for layer in layers for n in layer}:
+        raise ValueError(
+            f"`params` must hold layer_0 ... layer_{{L-1}} (and their *_reverse); got {sorted(map(str, params))}."
+        )
+    for name in names:
+        layer = params[name]
+        keys = set(layer) if isinstance(layer, Mapping) else None
+        if keys != set(WEIGHTS):
+            got = sorted(map(str, keys)) if keys is not None else type(layer).__name__
+            raise ValueError(f"`params[{name!r}]` must hold exactly {list(WEIGHTS)} (as init_lstm); got {got}.")
+        for k in WEIGHTS:
+            check_float_array(f"params[{name!r}][{k!r}]", layer[k])
+    w_ih, w_hh = params["layer_0"]["w_ih"], params["layer_0"]["w_hh"]
+    if w_hh.ndim != 2 or w_hh.shape[0] != 4 * w_hh.shape[1] or w_hh.shape[1] < 1:
+        raise ValueError(f"`params['layer_0']['w_hh']` must be [4 * hidden, hidden], got shape {tuple(w_hh.shape)}.")
+    if w_ih.ndim != 2:
+        raise ValueError(f"`params['layer_0']['w_ih']` must be [4 * hidden, input], got shape {tuple(w_ih.shape)}.")
+    hidden, dtype, directions = w_hh.shape[1], w_hh.dtype, 2 if bidirectional else 1
+    for i, layer_names in enumerate(layers):
+        n_in = w_ih.shape[1] if i == 0 else directions * hidden  # deeper layers take the directions concatenated
+        expected = {"w_ih": (4 * hidden, n_in), "w_hh": (4 * hidden, hidden)}
+        expected |= {"b_ih": (4 * hidden,), "b_hh": (4 * hidden,)}
+        for name in layer_names:
+            for k, shape in expected.items():
+                w = params[name][k]
+                if tuple(w.shape) != shape:
+                    raise ValueError(
+                        f"`params[{name!r}][{k!r}]` has shape {tuple(w.shape)}, expected {shape}: hidden size "
+                        f"{hidden} (layer_0's w_hh is [4 * hidden, hidden]) and {n_in} inputs to layer {i}."
+                    )
+                if w.dtype != dtype:
+                    raise TypeError(
+                        f"`params[{name!r}][{k!r}]` is {w.dtype} but `params['layer_0']['w_hh']` is {dtype}; "
+                        "all LSTM params must share one dtype."
+                    )
+    return _Dims(num_layers, directions, hidden, w_ih.shape[1], dtype)
+
+
+def _check_dtype(name: str, x: jax.Array, dims: _Dims) -> None:
+    if x.dtype != dims.dtype:
+        raise TypeError(
+            f"`{name}` is {x.dtype} but the LSTM params are {dims.dtype}; cast one to the other, e.g. "
+            f"`.astype(jnp.{dims.dtype})` (as in PyTorch, input, state and weights must share a dtype)."
+        )
+
+
+def _check_inputs(dims: _Dims, xs: Any, initial_state: Any, batch_first: bool) -> None:
+    """Checks ``xs`` and ``initial_state`` against the params: shapes and dtypes only, so it works under jit."""
+    check_float_array("xs", xs)
+    layout = "[batch, time, input]" if batch_first else "[time, batch, input]"
+    if xs.ndim != 3:
+        raise ValueError(f"`xs` must be 3-D {layout}, got shape {tuple(xs.shape)}.")
+    if xs.shape[-1] != dims.input_size:
+        raise ValueError(
+            f"`xs` has input size {xs.shape[-1]} (shape {tuple(xs.shape)}, {layout}), but "
+            f"`params['layer_0']['w_ih']` ([4 * hidden, input]) takes {dims.input_size}."
+        )
+    _check_dtype("xs", xs, dims)
+    if initial_state is None:
+        return
+    if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+        raise TypeError(f"`initial_state` must be a pair (h0, c0), got {type(initial_state).__name__}.")
+    batch = xs.shape[0 if batch_first else 1]
+    shape = (dims.num_layers * dims.directions, batch, dims.hidden)
+    for i, state in enumerate(initial_state):
+        name = f"initial_state[{i}]"
+        check_float_array(name, state)
+        if tuple(state.shape) != shape:
+            raise ValueError(
+                f"`{name}` ({('h0', 'c0')[i]}) has shape {tuple(state.shape)}, expected {shape}: "
+                f"[num_layers * directions, batch, hidden] for {dims.num_layers} layer(s), "
+                f"{dims.directions} direction(s), batch {batch} and hidden size {dims.hidden}."
+            )
+        _check_dtype(name, state, dims)
+
+
+def _active(rate: float | jax.Array) -> bool:
+    """Whether a checked rate may be non-zero (a traced one may be)."""
+    return isinstance(rate, jax.core.Tracer) or float(rate) != 0.0
 
 
 def lstm(
@@ -99,54 +217,72 @@ def lstm(
     """Runs the LSTM over a sequence.
 
     Args:
-      params: from ``init_lstm`` (or converted from PyTorch).
-      xs: ``[time, batch, input]`` (``[batch, time, input]`` with ``batch_first``).
+      params: from ``init_lstm`` (or converted from PyTorch): ``layer_i`` (and
+        ``layer_i_reverse``) each with ``w_ih [4H, in]``, ``w_hh [4H, H]``,
+        ``b_ih [4H]``, ``b_hh [4H]``, all of one floating dtype.
+      xs: ``[time, batch, input]`` (``[batch, time, input]`` with ``batch_first``),
+        of the params' dtype.
       masks: pruning masks for ``params`` (``init_masks``/``prune``), or None.
       dropout: ``RNNDropout`` rates, or None for no dropout.
-      key: PRNG key, needed when any dropout rate is non-zero and not deterministic.
+      key: one PRNG key, needed when any dropout rate is non-zero and not deterministic.
       deterministic: turn dropout off (zoneout uses its expectation).
-      initial_state: ``(h0, c0)``, each ``[layers * directions, batch, hidden]``; zeros if None.
-      batch_first: as in PyTorch.
+      initial_state: ``(h0, c0)``, each ``[layers * directions, batch, hidden]``
+        of the params' dtype; zeros if None.
+      batch_first: as in PyTorch (``initial_state`` and ``(h_n, c_n)`` stay batch second, as there).
 
     Returns:
       ``outputs`` (``[time, batch, directions * hidden]``, or batch first) and
       ``(h_n, c_n)``, each ``[layers * directions, batch, hidden]``, as PyTorch.
+
+    Raises:
+      TypeError: a value of the wrong kind: ``xs``, ``initial_state`` or a
+        param not a floating array, their dtypes differ, ``dropout`` not an
+        ``RNNDropout``, ``key`` not one PRNG key (or missing when needed), or
+        a mask leaf not bool.
+      ValueError: a shape that does not fit: params missing a layer or
+        weight or with a wrong shape, ``xs`` not 3-D or of another input size,
+        ``initial_state`` not ``[layers * directions, batch, hidden]``, masks
+        not mirroring params, or a dropout rate out of range.
     """
-    num_layers, hidden, bidirectional = _shape(params)
-    if masks is not None:
-        params = apply_mask(params, masks)  # once, outside the scan
-    if batch_first:
-        xs = jnp.swapaxes(xs, 0, 1)
+    dims = _check_params(params)
+    _check_inputs(dims, xs, initial_state, batch_first)
+    if dropout is not None and not isinstance(dropout, RNNDropout):
+        raise TypeError(f"`dropout` must be a jp.RNNDropout(...) or None, got {type(dropout).__name__} {dropout!r}.")
     rates = dropout or RNNDropout()
     rates.check()
-    stochastic = not deterministic and any(float(r) > 0 for r in rates if not isinstance(r, jax.core.Tracer))
-    if stochastic and key is None:
-        raise ValueError("`key` is required when a dropout rate is non-zero and `deterministic` is False.")
+    if not deterministic and any(_active(r) for r in rates) and key is None:
+        raise TypeError(f"`key` is required when a dropout rate is non-zero and `deterministic` is False; {KEY_HELP}.")
+    if key is not None:
+        check_key(key)
+    if masks is not None:
+        params = apply_mask(params, masks)  # once, outside the scan; checks that masks mirror params
+    if batch_first:
+        xs = jnp.swapaxes(xs, 0, 1)
+    num_layers, directions, hidden = dims.num_layers, dims.directions, dims.hidden
     keys = iter(jax.random.split(key, 4 * num_layers * 2 + 1)) if key is not None else None
 
     def next_key():
         return next(keys) if keys is not None else None
 
     batch = xs.shape[1]
-    directions = 2 if bidirectional else 1
     if initial_state is None:
         zeros = jnp.zeros((num_layers * directions, batch, hidden), xs.dtype)
         initial_state = (zeros, zeros)
     h0, c0 = initial_state
     h_n, c_n = [], []
-    for i, names in enumerate(_layer_names(num_layers, bidirectional)):
-        if rates.input:
+    for i, names in enumerate(_layer_names(num_layers, directions == 2)):
+        if _active(rates.input):
             xs = locked_dropout(next_key(), xs, rates.input, deterministic=deterministic)
         outs = []
         for d, name in enumerate(names):
             p = params[name]
             w_hh = p["w_hh"]
-            if rates.weight:
+            if _active(rates.weight):
                 w_hh = weight_drop(next_key(), w_hh, rates.weight, deterministic=deterministic)
             h_mask = None
-            if rates.hidden and not deterministic:
+            if _active(rates.hidden) and not deterministic:
                 h_mask = locked_dropout(next_key(), jnp.ones((1, batch, hidden), xs.dtype), rates.hidden)[0]
-            z_key = next_key() if rates.zoneout else None
+            z_key = next_key() if _active(rates.zoneout) else None
             seq = xs[::-1] if d == 1 else xs
             out, (h, c) = _scan_layer(
                 seq, p["w_ih"], w_hh, p["b_ih"] + p["b_hh"], h0[i * directions + d], c0[i * directions + d],
@@ -156,7 +292,7 @@ def lstm(
             h_n.append(h)
             c_n.append(c)
         xs = jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
-    if rates.output:
+    if _active(rates.output):
         xs = locked_dropout(next_key(), xs, rates.output, deterministic=deterministic)
     if batch_first:
         xs = jnp.swapaxes(xs, 0, 1)
@@ -167,26 +303,23 @@ def _scan_layer(xs, w_ih, w_hh, bias, h0, c0, h_mask, zoneout_rate, z_key, deter
     """One direction of one layer: the input projection as one matmul, then the recurrence."""
     gates_x = jnp.einsum("tbi,gi->tbg", xs, w_ih) + bias
     w_hh_t = w_hh.T  # [hidden, 4 * hidden], transposed once outside the loop
-    if not zoneout_rate:
+    if not _active(zoneout_rate):
         mask = jnp.ones_like(h0) if h_mask is None else jnp.broadcast_to(h_mask, h0.shape).astype(h0.dtype)
         out, h, c = _recurrence(gates_x, w_hh_t, h0, c0, mask)
         return out, (h, c)
     steps = jnp.arange(xs.shape[0])
 
-    def cell(carry, inputs):
+    def step(carry, inputs):
         h, c = carry
         gx, t = inputs
-        h_in = h if h_mask is None else h * h_mask
-        i, f, g, o = jnp.split(gx + h_in @ w_hh_t, 4, axis=-1)
-        c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+        h_new, c_new, _ = _cell(gx, h, c, w_hh_t, h_mask)
         k = None if z_key is None else jax.random.fold_in(z_key, t)
         kh, kc = (None, None) if k is None else jax.random.split(k)
         h_new = zoneout(kh, h, h_new, zoneout_rate, deterministic=deterministic)
         c_new = zoneout(kc, c, c_new, zoneout_rate, deterministic=deterministic)
         return (h_new, c_new), h_new
 
-    (h, c), out = lax.scan(cell, (h0, c0), (gates_x, steps))
+    (h, c), out = lax.scan(step, (h0, c0), (gates_x, steps))
     return out, (h, c)
 
 
@@ -203,13 +336,24 @@ def _activations(z: jax.Array) -> jax.Array:
     return jnp.tanh(z * scale) * scale + (1.0 - scale)
 
 
+def _cell(gx, h, c, w_hh_t, mask):
+    """One LSTM step given the input part of the gates ``gx``: ``(h, c, activations)``.
+
+    The one copy of the cell's math, shared by the zoneout scan and both
+    passes of ``_recurrence``. ``mask`` (recurrent dropout on ``h``) may be
+    None. The activations are returned as the residuals ``_recurrence_bwd``
+    needs; ``h`` and ``c`` are computed from them anyway, so this costs nothing.
+    """
+    a = _activations(gx + (h if mask is None else h * mask) @ w_hh_t)
+    i, f, g, o = jnp.split(a, 4, axis=-1)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return h, c, a
+
+
 def _recurrence_forward(gates_x, w_hh_t, h0, c0, mask):
     def step(carry, gx):
-        h, c = carry
-        a = _activations(gx + (h * mask) @ w_hh_t)
-        i, f, g, o = jnp.split(a, 4, axis=-1)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
+        h, c, a = _cell(gx, *carry, w_hh_t, mask)
         return (h, c), (h, c, a)
 
     (h, c), (hs, cs, acts) = lax.scan(step, (h0, c0), gates_x)
@@ -228,10 +372,7 @@ def _recurrence(gates_x, w_hh_t, h0, c0, mask):
     """
 
     def step(carry, gx):
-        h, c = carry
-        i, f, g, o = jnp.split(_activations(gx + (h * mask) @ w_hh_t), 4, axis=-1)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
+        h, c, _ = _cell(gx, *carry, w_hh_t, mask)
         return (h, c), h
 
     (h, c), hs = lax.scan(step, (h0, c0), gates_x)  # inference keeps no residuals
