@@ -18,7 +18,7 @@ from jaxprune.masks import (
     summary,
     unpack_masks,
 )
-from jaxprune.nn.dropout import (
+from jaxprune.nn.dropouts import (
     MCPrediction,
     concrete_dropout,
     concrete_regularizer,
@@ -28,7 +28,7 @@ from jaxprune.nn.dropout import (
     weight_drop,
     zoneout,
 )
-from jaxprune.nn.lstm import RNNDropout, init_lstm, lstm
+from jaxprune.nn.recurrent import RNNDropout, init_lstm, lstm
 from jaxprune.optim import masked_optimizer, zero_pruned
 from jaxprune.pruner import Pruner, PrunerState, rewind
 from jaxprune.pruning import prune

@@ -1,6 +1,6 @@
-"""Neural-network pieces: recurrent layers (``lstm``) and dropout transforms.
+"""Neural-network pieces: recurrent layers (``recurrent``) and dropout transforms (``dropouts``).
 
 The public functions are re-exported by ``jaxprune`` itself (``jp.lstm``,
-``jp.dropout``, ...); this package's ``__init__`` re-exports nothing, so the
-modules ``jaxprune.nn.lstm`` and ``jaxprune.nn.dropout`` keep their names.
+``jp.dropout``, ...). The modules are named so that none shares its name with
+a function the package exports.
 """

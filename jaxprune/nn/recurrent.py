@@ -23,7 +23,7 @@ from jax import lax
 
 from jaxprune._checks import KEY_HELP, check_float_array, check_int, check_key
 from jaxprune.masks import apply_mask
-from jaxprune.nn.dropout import check_rate, locked_dropout, weight_drop, zoneout
+from jaxprune.nn.dropouts import check_rate, locked_dropout, weight_drop, zoneout
 
 Params = dict[str, dict[str, jax.Array]]
 
