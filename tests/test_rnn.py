@@ -225,6 +225,8 @@ def with_leaf(layer, name, value):
         ({"xs": X[0]}, ValueError, r"`xs` must be 3-D \[time, batch, input\], got shape \(3, 6\)"),
         ({"xs": X[None]}, ValueError, "`xs` must be 3-D"),
         ({"xs": X[..., :5]}, ValueError, "`xs` has input size 5"),
+        ({"xs": X[:0]}, ValueError, "`xs` has no timesteps"),
+        ({"xs": jnp.swapaxes(X, 0, 1)[:, :0], "batch_first": True}, ValueError, "`xs` has no timesteps"),
         ({"xs": X.astype(jnp.int32)}, TypeError, "`xs` must be a floating-point array"),
         ({"xs": X.astype(jnp.bfloat16)}, TypeError, r"`xs` is bfloat16 but the LSTM params are float32; cast"),
         ({"params": with_leaf("layer_0", "w_ih", None)}, ValueError, r"`params\['layer_0'\]` must hold exactly"),

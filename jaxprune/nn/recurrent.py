@@ -179,6 +179,8 @@ def _check_inputs(dims: _Dims, xs: Any, initial_state: Any, batch_first: bool) -
             f"`xs` has input size {xs.shape[-1]} (shape {tuple(xs.shape)}, {layout}), but "
             f"`params['layer_0']['w_ih']` ([4 * hidden, input]) takes {dims.input_size}."
         )
+    if xs.shape[1 if batch_first else 0] == 0:  # nn.LSTM refuses it too; the custom VJP needs a step
+        raise ValueError(f"`xs` has no timesteps (shape {tuple(xs.shape)}, {layout}); give at least one.")
     _check_dtype("xs", xs, dims)
     if initial_state is None:
         return
