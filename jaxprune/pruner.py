@@ -25,9 +25,9 @@ from jaxprune import scores as scores_lib
 from jaxprune._checks import KEY_HELP, check_key, check_scope
 from jaxprune._tree import PyTree, check_masks_match, check_shapes_match, leaves_with_paths, unflatten
 from jaxprune.masks import Where, apply_mask, compile_pattern, init_masks
-from jaxprune.pruning import Scope, prune_to_targets
+from jaxprune.pruning import Scope, check_structure, prune_to_targets
 from jaxprune.schedules import Schedule, constant
-from jaxprune.structures import Structure
+from jaxprune.structures import NM, Structure
 
 ScoreFn = Callable[[PyTree, PyTree | None, jax.Array | None], PyTree]
 
@@ -121,7 +121,9 @@ class Pruner:
             ]
         else:
             self.patterns = [(re.compile(""), _as_schedule(schedule, "schedule"))]
-        self.scope, self.structure, self.where = check_scope(scope), structure, where
+        self.scope, self.structure, self.where = check_scope(scope), check_structure(structure), where
+        if isinstance(self.structure, NM):
+            raise ValueError("NM structures fix their sparsity at 1 - n/m; use jp.prune(..., structure=NM(...)) once.")
 
     def _groups(self, masks: PyTree) -> list[int | None]:
         """The schedule index of each leaf (None where not prunable)."""

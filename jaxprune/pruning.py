@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -150,13 +150,19 @@ def prune_to_targets(
     return _select_into(s_flat, m_leaves, treedef, live, selection, structure, counts)
 
 
-def _checked(scores, masks, scope, structure):
-    """Validates the arguments common to every prune; returns what the selection needs."""
+def check_structure(structure: Any) -> Structure:
+    """``structure`` as a ``Structure`` (``None`` is ``Unstructured()``); anything else raises ``TypeError``."""
     structure = Unstructured() if structure is None else structure
     if not isinstance(structure, _STRUCTURES):
         raise TypeError(
             f"`structure` must be None, Unstructured(), Structured(...), Block(...) or NM(...), got {structure!r}."
         )
+    return structure
+
+
+def _checked(scores, masks, scope, structure):
+    """Validates the arguments common to every prune; returns what the selection needs."""
+    structure = check_structure(structure)
     check_scope(scope)
     s_flat, m_leaves, treedef = check_masks_match(scores, masks, params_name="scores")
     live = [i for i, m in enumerate(m_leaves) if m is not None]

@@ -187,3 +187,10 @@ def test_pruner_bad_inputs_name_what_the_user_passed():
     with pytest.raises(ValueError, match="`the scores that `score` returned` does not have the structure"):
         bad = jp.Pruner(score=lambda p, g, k: {"dense_0": {"kernel": p["dense_0"]["kernel"]}}, schedule=0.5)
         bad.update(bad.init(params), params, 0)
+
+
+def test_pruner_checks_its_structure_when_built():
+    with pytest.raises(TypeError, match="`structure` must be None, Unstructured"):
+        jp.Pruner(structure="rows", schedule=0.5)
+    with pytest.raises(ValueError, match="NM structures fix their sparsity"):
+        jp.Pruner(structure=jp.NM(2, 4), schedule=0.5)
