@@ -6,6 +6,11 @@ Sizes (bytes on disk, one run):
   * PyTorch: state_dict of the same model pruned with torch.nn.utils.prune (weight_orig + float weight_mask)
   * sparse export (bitmap: packed keep bits + kept values), jaxprune export --format sparse   goal: <= 0.25x dense
 
+Checksum cost: median save and restore times of params + masks through jp.Checkpointer, with the
+checksum of every stored leaf (XXH3, 64 bits) and with the checksum swapped for a constant
+(interleaved runs, alternating which goes first), and the checksum time alone.
+Goal: <= 5% extra on save and on restore.
+
 Speed: a 2-layer LSTM (input 256, hidden 512, seq 64, batch 32) with 50% of its hidden units
 pruned by prune_units: masked full-size inference vs the compacted model (same outputs).
 Goal: compacted >= 1.8x faster.
@@ -18,8 +23,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import sys
 import tempfile
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -30,11 +37,47 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import best_of, table, write
 
 import jaxprune as jp
+import jaxprune.checkpoint as jpc
 from jaxprune.cli import main as cli
 
 
 def dir_bytes(path: Path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def checkpoint_speed(state, directory: Path, repeats: int) -> dict:
+    """Median seconds of save and restore with checksums and without (swapped for 0), and of the checksums alone."""
+    checksums, like = jpc._checksums, jax.eval_shape(lambda: state)
+    times = {key: [] for key in ("save", "save_no_checksum", "restore", "restore_no_checksum")}
+    with jp.Checkpointer(directory, max_to_keep=2) as ckpt:
+        step = 0
+        for i in range(repeats + 1):  # round 0 compiles packing and unpacking: not counted
+            # Alternate which variant goes first: the second of a pair runs on warmer caches.
+            for suffix in ("", "_no_checksum") if i % 2 else ("_no_checksum", ""):
+                jpc._checksums = checksums if not suffix else (lambda arrays: [0] * len(arrays))
+                try:
+                    start = time.perf_counter()
+                    ckpt.save(step, state)
+                    saved = time.perf_counter()
+                    jax.block_until_ready(ckpt.restore(like))
+                    restored = time.perf_counter()
+                finally:
+                    jpc._checksums = checksums
+                step += 1
+                if i:
+                    times["save" + suffix].append(saved - start)
+                    times["restore" + suffix].append(restored - saved)
+    stored = [jpc._stored(p, x)[1] for p, x in jpc._flatten(state)[0]]
+    checksum_times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        checksums(stored)
+        checksum_times.append(time.perf_counter() - start)
+    out = {f"checkpoint_{k}_s": statistics.median(v) for k, v in times.items()}
+    out["checksum_s"] = statistics.median(checksum_times)
+    out["checksum_bytes"] = sum(int(x.nbytes) for x in stored)
+    out["repeats"] = repeats
+    return out
 
 
 def main(argv=None):
@@ -56,6 +99,7 @@ def main(argv=None):
         with jp.Checkpointer(tmp / "masked") as c:
             c.save(0, {"params": params, "masks": masks})
         dense, masked = dir_bytes(tmp / "dense"), dir_bytes(tmp / "masked")
+        speed = checkpoint_speed({"params": params, "masks": masks}, tmp / "speed", 3 if args.quick else 21)
         cli(["export", str(tmp / "masked"), str(tmp / "sparse.npz"), "--format", "sparse"])
         sparse_bytes = (tmp / "sparse.npz").stat().st_size
         result.update(dense=dense, dense_plus_packed_masks=masked, sparse_export=sparse_bytes)
@@ -84,6 +128,25 @@ def main(argv=None):
         )
     print(f"MLP {'-'.join(map(str, sizes))}, 90% of the kernels pruned")
     print(table(["what", "bytes", "vs dense"], rows))
+    extra = {k: speed[f"checkpoint_{k}_s"] / speed[f"checkpoint_{k}_no_checksum_s"] - 1 for k in ("save", "restore")}
+    print(f"\nCheckpoint speed, params + masks (median of {speed['repeats']} interleaved runs):")
+    print(
+        table(
+            ["", "with checksums ms", "checksums swapped for 0 ms", "extra"],
+            [
+                [
+                    k,
+                    f"{speed[f'checkpoint_{k}_s'] * 1e3:.1f}",
+                    f"{speed[f'checkpoint_{k}_no_checksum_s'] * 1e3:.1f}",
+                    f"{extra[k]:+.1%}",
+                ]
+                for k in ("save", "restore")
+            ],
+        )
+    )
+    mb, seconds = speed["checksum_bytes"] / 1e6, speed["checksum_s"]
+    print(f"checksums of every stored leaf ({mb:.1f} MB) alone: {seconds * 1e3:.1f} ms, {mb / seconds:,.0f} MB/s")
+    result.update(speed, save_checksum_extra=extra["save"], restore_checksum_extra=extra["restore"])
 
     inp, hidden, seq, batch = (32, 64, 16, 8) if args.quick else (256, 512, 64, 32)
     lstm = jp.init_lstm(jax.random.key(1), inp, hidden, num_layers=2)

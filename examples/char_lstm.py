@@ -149,7 +149,9 @@ def main(argv=None):
                 dense_bpc = bits_per_char(dense_params, dense_masks)
                 s = float(jp.sparsity(pstate.masks))
                 history.append((step + 1, s, bpc, dense_bpc))
-                ckpt.save(step, {"params": params, "opt_state": opt_state, "pruner": pstate})
+                # A new run replaces the checkpoints an earlier run left in --out (without overwrite=True,
+                # saving a step at or below one already saved raises instead of skipping the save).
+                ckpt.save(step, {"params": params, "opt_state": opt_state, "pruner": pstate}, overwrite=True)
                 tqdm.write(
                     f"\nround {round_ends[step]} ({step + 1} steps): sparsity {s:.1%}, validation {bpc:.3f} bits/char"
                     f" (dense after the same steps: {dense_bpc:.3f})"

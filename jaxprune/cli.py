@@ -6,49 +6,45 @@
 A checkpoint stores leaf paths, not tree types, so masks are matched to
 weights by path: the mask at ``.../X`` (any ``bool`` leaf) applies to the
 weight of the same shape under ``--prefix`` whose path ends in ``X``.
+
+Checkpoints are opened read-only (no lock, nothing changed on disk), so both
+commands work while a training run is writing to the directory. ``export``
+writes ``OUT.npz`` through a temporary file in the same directory, renamed
+when complete. Every error is one line ``jaxprune: error: ...`` on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from jaxprune._bits import pack_bits
 from jaxprune.checkpoint import Checkpointer
-from jaxprune.masks import LayerStats, Summary
+from jaxprune.masks import summary
 
 
 class _Error(Exception):
     pass
 
 
-def _open(directory: str, step: int | None) -> tuple[Checkpointer, int]:
+def _load(directory: str, step: int | None) -> tuple[dict, int]:
     path = Path(directory)
     if not path.is_dir():
         raise _Error(f"no such directory: {directory}")
-    ckpt = Checkpointer(path)
-    steps = ckpt.steps()
-    problem = None
-    if not steps:
-        problem = f"{directory} holds no checkpoint (no step directories written by jaxprune.Checkpointer)"
-    elif step is not None and step not in steps:
-        problem = f"no checkpoint for step {step} in {directory}; steps saved: {steps}"
-    if problem:
-        ckpt.close()  # Orbax's background machinery complains at exit if left open
-        raise _Error(problem)
-    return ckpt, steps[-1] if step is None else step
-
-
-def _load(directory: str, step: int | None) -> tuple[dict, int]:
-    ckpt, step = _open(directory, step)
-    try:
+    with Checkpointer(path, read_only=True) as ckpt:
+        steps = ckpt.steps()
+        if not steps:
+            raise _Error(f"{directory} holds no checkpoint (no step directories written by jaxprune.Checkpointer)")
+        if step is not None and step not in steps:
+            raise _Error(f"no checkpoint for step {step} in {directory}; steps saved: {steps}")
+        step = steps[-1] if step is None else step
         return ckpt.restore_flat(step), step
-    except (ValueError, FileNotFoundError) as e:
-        raise _Error(str(e)) from None
-    finally:
-        ckpt.close()
 
 
 def _masks_for(flat: dict, prefix: str) -> dict[str, np.ndarray]:
@@ -70,20 +66,49 @@ def _masks_for(flat: dict, prefix: str) -> dict[str, np.ndarray]:
 
 def _inspect(args: argparse.Namespace) -> None:
     flat, step = _load(args.directory, args.step)
-    rows = tuple(
-        LayerStats(p, tuple(m.shape), int(m.sum()), int(m.size), 1.0 - int(m.sum()) / m.size if m.size else 0.0)
-        for p, m in flat.items()
-        if m.dtype == bool
-    )
+    masks = {p: m for p, m in flat.items() if m.dtype == bool}  # a dict is a pytree whose paths are its keys
     print(f"checkpoint {args.directory}, step {step}")
-    if not rows:
-        print("no masks in this checkpoint (no bool leaves)")
-        return
-    kept, total = sum(r.kept for r in rows), sum(r.total for r in rows)
-    print(Summary(rows, kept, total, 1.0 - kept / total if total else 0.0))
+    print(summary(masks) if masks else "no masks in this checkpoint (no bool leaves)")
+
+
+def _output(out: str) -> Path:
+    """``OUT`` checked before any work: an ``.npz`` name, not a directory, under a creatable directory."""
+    target = Path(out)
+    if target.is_dir():
+        raise _Error(f"OUT {out} is an existing directory; give a file name ending in .npz")
+    if target.suffix != ".npz":
+        raise _Error(f"OUT must be a file name ending in .npz, got {out!r}")
+    existing = target.parent
+    while not existing.exists():  # the nearest ancestor that exists must be a writable directory
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _Error(f"cannot create {target.parent}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _Error(f"cannot write to {existing}: permission denied")
+    return target
+
+
+def _save_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes a temporary file beside ``target`` and renames it, so a failure leaves nothing half-written."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _Error(f"cannot create {target.parent}: {e.strerror}") from None
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no second ".npz"
+            np.savez(f, **arrays)
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _Error(f"cannot write {target}: {e.strerror or e}") from None
+        raise
 
 
 def _export(args: argparse.Namespace) -> None:
+    target = _output(args.out)
     flat, step = _load(args.directory, args.step)
     prefix = args.prefix.strip("/")
     masks = _masks_for(flat, prefix)
@@ -100,20 +125,25 @@ def _export(args: argparse.Namespace) -> None:
         elif args.format == "dense":
             out[name] = np.where(m, w, np.zeros((), w.dtype))
         else:
-            keep = m.reshape(-1)
-            out[f"{name}/bits"] = np.packbits(keep)
-            out[f"{name}/values"] = w.reshape(-1)[keep]
+            out[f"{name}/bits"] = pack_bits(m)
+            out[f"{name}/values"] = w.reshape(-1)[m.reshape(-1)]
             out[f"{name}/shape"] = np.asarray(w.shape, np.int64)
-    target = Path(args.out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(target, **out)
+    _save_npz(target, out)
     size = target.stat().st_size
     print(
         f"wrote {target} ({size:,} bytes): {len(weights)} arrays from step {step}, {len(masks)} masked, {args.format}"
     )
 
 
+def _one_line(e: Exception) -> str:
+    text = str(e)
+    if isinstance(e, OSError) and e.strerror:  # without the "[Errno N]" prefix
+        text = e.strerror + (f": {e.filename}" if e.filename else "")
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit code (0, or 2 after printing one error line)."""
     parser = argparse.ArgumentParser(prog="jaxprune", description="Inspect and export jaxprune checkpoints.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_inspect = sub.add_parser("inspect", help="per-layer sparsity table of a checkpoint")
@@ -121,15 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     p_inspect.add_argument("--step", type=int, default=None, help="default: the latest")
     p_export = sub.add_parser("export", help="write the (masked) weights to an .npz file")
     p_export.add_argument("directory")
-    p_export.add_argument("out")
+    p_export.add_argument("out", help="file to write, ending in .npz")
     p_export.add_argument("--format", choices=("dense", "sparse"), default="dense")
     p_export.add_argument("--prefix", default="params", help="which subtree holds the weights (default: params)")
     p_export.add_argument("--step", type=int, default=None, help="default: the latest")
     args = parser.parse_args(argv)
     try:
         (_inspect if args.command == "inspect" else _export)(args)
-    except _Error as e:
-        print(f"jaxprune: error: {e}", file=sys.stderr)
+    # _Error: the command's own checks; the others: what Checkpointer raises for a missing step,
+    # a damaged checkpoint or a file system problem.
+    except (_Error, ValueError, OSError, RuntimeError) as e:
+        print(f"jaxprune: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

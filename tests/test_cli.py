@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +36,8 @@ def test_inspect_prints_the_per_layer_table(checkpoint, capsys):
     assert total_line.split()[0] == "total" and "75.00%" in total_line
     row = next(line for line in out.splitlines() if line.startswith("pruner/masks/dense_0/kernel"))
     assert row.split()[2] == str(int(masks["dense_0"]["kernel"].sum()))  # kept
+    table = jp.summary({f"pruner/masks/{k}/kernel": masks[k]["kernel"] for k in ("dense_0", "dense_1")})
+    assert out.endswith(str(table) + "\n")  # the table is jp.summary's
 
 
 @pytest.mark.parametrize("fmt", ["dense", "sparse"])
@@ -62,3 +69,98 @@ def test_helpful_errors(checkpoint, tmp_path, capsys):
     assert "steps saved: [10]" in capsys.readouterr().err
     assert main(["export", str(directory), str(tmp_path / "x.npz"), "--prefix", "weights"]) == 2
     assert "top-level names in the checkpoint: ['opt_state', 'params', 'pruner']" in capsys.readouterr().err
+
+
+def one_error_line(capsys):
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("jaxprune: error: ")
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+def test_export_checks_out_before_any_work(checkpoint, tmp_path, capsys):
+    directory, _, _ = checkpoint
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = {
+        "model": "OUT must be a file name ending in .npz, got",
+        "outdir": "is an existing directory",
+        "outdir/": "is an existing directory",
+        "file/x.npz": f"cannot create {tmp_path / 'file'}: {tmp_path / 'file'} is not a directory",
+        "file/sub/x.npz": f"{tmp_path / 'file'} is not a directory",
+    }
+    for out, message in cases.items():
+        assert main(["export", str(directory), f"{tmp_path}/{out}"]) == 2, out
+        assert message in one_error_line(capsys), out
+    assert sorted(os.listdir(tmp_path)) == ["file", "outdir", "run"] and os.listdir(tmp_path / "outdir") == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_export_into_an_unwritable_directory(checkpoint, tmp_path, capsys):
+    directory, _, _ = checkpoint
+    (tmp_path / "ro").mkdir(mode=0o555)
+    assert main(["export", str(directory), str(tmp_path / "ro" / "x.npz")]) == 2
+    assert "permission denied" in one_error_line(capsys)
+
+
+def test_export_reports_the_path_it_wrote_and_creates_parents(checkpoint, tmp_path, capsys):
+    directory, _, _ = checkpoint
+    target = tmp_path / "a" / "b" / "model.npz"
+    assert main(["export", str(directory), str(target)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {target} ({target.stat().st_size:,} bytes)")
+    assert os.listdir(target.parent) == ["model.npz"]  # no temporary file left behind
+
+
+def test_a_failed_export_leaves_nothing_half_written(checkpoint, tmp_path, capsys, monkeypatch):
+    directory, _, _ = checkpoint
+    target = tmp_path / "model.npz"
+    target.write_bytes(b"the previous export")
+
+    def savez(f, **arrays):
+        f.write(b"PK half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", savez)
+    assert main(["export", str(directory), str(target)]) == 2
+    assert f"cannot write {target}: No space left on device" in one_error_line(capsys)
+    assert target.read_bytes() == b"the previous export" and sorted(os.listdir(tmp_path)) == ["model.npz", "run"]
+
+
+def test_damaged_checkpoints_and_bad_steps_are_one_line_errors(checkpoint, tmp_path, capsys):
+    directory, _, _ = checkpoint
+    for root, _, files in os.walk(directory / "10" / "arrays"):
+        for f in files:
+            p = Path(root) / f
+            if p.stat().st_size > 0 and not f.startswith("_"):
+                p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    assert main(["inspect", str(directory)]) == 2
+    err = one_error_line(capsys)
+    assert f"checkpoint step 10 in {directory} is damaged or incomplete" in err and len(err) < 300
+    assert main(["export", str(directory), str(tmp_path / "x.npz"), "--step", "-1"]) == 2
+    assert "no checkpoint for step -1" in one_error_line(capsys)
+
+
+def test_inspect_works_while_a_training_run_holds_the_directory(checkpoint, capsys):
+    directory, _, _ = checkpoint
+    with jp.Checkpointer(directory):
+        assert main(["inspect", str(directory)]) == 0
+    assert "step 10" in capsys.readouterr().out
+
+
+def test_the_command_prints_one_line_and_no_traceback(checkpoint, tmp_path):
+    directory, _, _ = checkpoint
+    (tmp_path / "file").write_text("x")
+    (directory / "10" / "layout" / "metadata").write_text("{damaged")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    )
+    for args, message in [
+        (["export", str(directory), str(tmp_path / "file" / "x.npz")], "is not a directory"),
+        (["inspect", str(directory)], "is damaged or incomplete"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "jaxprune.cli", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("jaxprune: error: "), result.stderr
+        assert message in result.stderr
