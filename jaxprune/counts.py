@@ -14,7 +14,7 @@ product is off by up to ``N * 2**-24`` (6 weights at 100M).
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +27,11 @@ from jaxprune.select import count_true
 SNAP_TO_FINAL = 2.0**-20
 
 
-class Target:
+class Target(NamedTuple):
     """A validated target: ``kind`` is 'sparsity', 'fraction' or 'count'; ``value`` may be traced."""
 
-    def __init__(self, kind: str, value: Any):
-        self.kind, self.value = kind, value
+    kind: str
+    value: Any
 
 
 def is_traced(x: Any) -> bool:
