@@ -283,7 +283,7 @@ class Checkpointer:
         Raises:
           TypeError: ``step`` is not an int, or a leaf of ``state`` is not an
             array or a number (the message names its path).
-          ValueError: ``step`` is negative.
+          ValueError: ``step`` is negative, or ``state`` holds no leaf.
           FileExistsError: ``step`` or a later step is already saved and
             ``overwrite`` is False (the message names the saved steps).
           RuntimeError: the ``Checkpointer`` is ``read_only`` or closed, or
@@ -307,8 +307,11 @@ class Checkpointer:
                 f"come after all of them. To save under {step}, pass overwrite=True, which deletes steps {later} "
                 f"(e.g. the abandoned run after a roll-back); or save under a step > {steps[-1]}",
             )
+        flat = _flatten(state)[0]
+        if not flat:
+            raise ValueError(f"`state` has no array or number in it (got {state!r:.60}): nothing to save.")
         layout, stored = [], []
-        for i, (path, leaf) in enumerate(_flatten(state)[0]):
+        for i, (path, leaf) in enumerate(flat):
             entry, x = _stored(path, leaf)
             layout.append({**entry, "key": f"leaf_{i:06d}"})
             stored.append(x)

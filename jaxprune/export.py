@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
 
-from jaxprune._bits import pack_bits, unpack_bits
+from jaxprune._bits import pack_bits, packed_size, unpack_bits
 from jaxprune._tree import PyTree, check_masks_match, is_none, leaves_with_paths, unflatten
 from jaxprune.masks import finalize
 from jaxprune.units import UnitSet, kept_units, locate
@@ -33,8 +33,16 @@ class Bitmap(NamedTuple):
     shape: tuple[int, ...]
 
     def todense(self) -> np.ndarray:
+        bits, size = np.asarray(self.bits), packed_size(tuple(self.shape))
+        if bits.dtype != np.uint8 or bits.shape != (size,):
+            raise ValueError(
+                f"Bitmap.bits must be uint8[{size}] for shape {self.shape}, got {bits.dtype}{list(bits.shape)}."
+            )
+        keep = unpack_bits(bits, tuple(self.shape))
+        if int(keep.sum()) != len(self.values):
+            raise ValueError(f"Bitmap has {int(keep.sum())} keep bits set but {len(self.values)} values.")
         out = np.zeros(self.shape, self.values.dtype)
-        out[unpack_bits(np.asarray(self.bits), self.shape)] = self.values
+        out[keep] = self.values
         return out
 
 

@@ -427,6 +427,9 @@ def test_leaves_and_arguments_are_checked_before_anything_is_written(tmp_path):
         for bad, path in [({"a": {"name": "abc"}}, "a/name"), ({"o": object()}, "o"), ({"s": np.array(["a"])}, "s")]:
             with pytest.raises(TypeError, match=rf"`state` leaf '{path}' must be an array or a number"):
                 ckpt.save(1, {"w": jnp.ones(2), **bad})
+        for empty in (None, {}, {"a": None}):
+            with pytest.raises(ValueError, match="`state` has no array or number in it"):
+                ckpt.save(1, empty)
         assert ckpt.steps() == []
     with pytest.raises(TypeError, match=r"`directory` must be a str or os\.PathLike"):
         jp.Checkpointer(None)

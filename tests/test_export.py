@@ -106,3 +106,10 @@ def test_unit_errors_are_clear():
         jp.mlp_units("dense")
     with pytest.raises(ValueError, match="`num_layers` must be a positive int"):
         jp.lstm_units(0)
+
+
+def test_a_bitmap_that_does_not_add_up_raises():
+    with pytest.raises(ValueError, match=r"Bitmap.bits must be uint8\[2\] for shape \(3, 3\)"):
+        jp.Bitmap(np.zeros(1, np.uint8), np.ones(3, np.float32), (3, 3)).todense()
+    with pytest.raises(ValueError, match="3 keep bits set but 2 values"):
+        jp.Bitmap(np.array([0b11100000, 0], np.uint8), np.ones(2, np.float32), (3, 3)).todense()
