@@ -4,7 +4,7 @@ A mask is a pytree of bool arrays beside the params (True = keep, None = not
 prunable); ``apply_mask`` inside a jitted step is all a model needs.
 """
 
-from jaxprune import schedules
+from jaxprune import distributions, schedules
 from jaxprune.checkpoint import Checkpointer
 from jaxprune.export import Bitmap, compact, size_report, to_dense, to_sparse
 from jaxprune.masks import (
@@ -56,6 +56,7 @@ __all__ = [
     "compact",
     "concrete_dropout",
     "concrete_regularizer",
+    "distributions",
     "dropout",
     "finalize",
     "init_lstm",

@@ -28,7 +28,11 @@ SNAP_TO_FINAL = 2.0**-20
 
 
 class Target(NamedTuple):
-    """A validated target: ``kind`` is 'sparsity', 'fraction' or 'count'; ``value`` may be traced."""
+    """A validated target: ``kind`` is 'sparsity', 'fraction' or 'count'; ``value`` may be traced.
+
+    A per-group sparsity (``scope="layer"`` with a distribution) is a tuple of
+    Python floats, or a float32 array [G] when traced.
+    """
 
     kind: str
     value: Any
@@ -85,7 +89,7 @@ def num_pruned(target: Target, sizes: list[int], alive: jax.Array, scope: str) -
         remaining = np.asarray(jax.device_get(alive), np.int64)
         already = n - remaining
         if target.kind == "sparsity":
-            k = np.maximum([round(target.value * int(x)) for x in n], already)
+            k = np.maximum([round(v * int(x)) for v, x in zip(_per_group(target.value, len(n)), n)], already)
         elif target.kind == "fraction":
             k = already + np.asarray([round(target.value * int(r)) for r in remaining])
         else:
@@ -103,7 +107,8 @@ def num_pruned(target: Target, sizes: list[int], alive: jax.Array, scope: str) -
     already = nj - alive
     if target.kind == "sparsity" and not is_traced(target.value):
         # N is static, so a Python target is still rounded exactly in Python.
-        return jnp.maximum(jnp.asarray([round(target.value * x) for x in sizes], jnp.uint32), already)
+        wanted = [round(v * x) for v, x in zip(_per_group(target.value, len(sizes)), sizes)]
+        return jnp.maximum(jnp.asarray(wanted, jnp.uint32), already)
     if target.kind == "sparsity":
         s = jnp.nan_to_num(jnp.clip(jnp.asarray(target.value, jnp.float32), 0.0, 1.0), nan=0.0)
         return jnp.maximum(round_mul(s, nj), already)
@@ -111,6 +116,13 @@ def num_pruned(target: Target, sizes: list[int], alive: jax.Array, scope: str) -
         s = jnp.nan_to_num(jnp.clip(jnp.asarray(target.value, jnp.float32), 0.0, 1.0), nan=0.0)
         return already + round_mul(s, alive)
     return already + jnp.clip(jnp.asarray(target.value), 0, None).astype(jnp.uint32).clip(None, alive)
+
+
+def _per_group(value: Any, num_groups: int) -> list:
+    """One sparsity per group: a tuple or array as it is, a scalar repeated."""
+    if isinstance(value, tuple) or np.ndim(value) == 1:
+        return list(value)
+    return [value] * num_groups
 
 
 def round_mul(s: jax.Array, n: jax.Array) -> jax.Array:

@@ -21,15 +21,24 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxprune import distributions
 from jaxprune import scores as scores_lib
 from jaxprune._checks import KEY_HELP, check_key, check_scope
-from jaxprune._tree import PyTree, check_masks_match, check_shapes_match, leaves_with_paths, unflatten
+from jaxprune._tree import (
+    PyTree,
+    check_masks_match,
+    check_shapes_match,
+    first_difference,
+    leaves_with_paths,
+    unflatten,
+)
 from jaxprune.masks import Where, apply_mask, compile_pattern, init_masks
 from jaxprune.pruning import Scope, check_structure, prune_to_targets
 from jaxprune.schedules import Schedule, constant
 from jaxprune.structures import NM, Structure
 
 ScoreFn = Callable[[PyTree, PyTree | None, jax.Array | None], PyTree]
+Distribution = Callable[[PyTree, float], PyTree]
 
 
 class PrunerState(NamedTuple):
@@ -75,6 +84,26 @@ def _score_fn(score: str | ScoreFn) -> ScoreFn:
     )
 
 
+def _distribution_fn(distribution: str | Distribution | None, schedule: object, scope: str) -> Distribution | None:
+    if distribution is None:
+        return None
+    named = {"uniform": distributions.uniform, "erk": distributions.erk}
+    if isinstance(distribution, str) and distribution in named:
+        fn = named[distribution]
+    elif callable(distribution):
+        fn = distribution
+    else:
+        raise ValueError(
+            f"`distribution` must be 'uniform', 'erk' or a callable (masks, sparsity) -> per-leaf sparsities, "
+            f"got {distribution!r}."
+        )
+    if isinstance(schedule, Mapping):
+        raise ValueError("`distribution` shares one schedule among the leaves; give one schedule, not a mapping.")
+    if scope != "layer":
+        raise ValueError(f"`distribution` gives each leaf its own target: pass scope='layer', got scope={scope!r}.")
+    return fn
+
+
 def _as_schedule(value: Schedule | float, name: str) -> Schedule:
     if isinstance(value, Schedule):
         return value
@@ -101,6 +130,13 @@ class Pruner:
         (each leaf on its own).
       structure: as in ``prune``.
       where: which leaves are prunable, as in ``init_masks``.
+      distribution: how the schedule's target is shared among the leaves
+        (with one schedule and ``scope="layer"``): ``"uniform"``, ``"erk"``
+        (``jp.distributions``), or a callable ``(masks, sparsity) -> per-leaf
+        sparsities``. The per-leaf targets at the schedule's final value are
+        scaled by the schedule over time: leaf i's target at step t is
+        ``d_i * schedule(t) / schedule.final``, so the model as a whole
+        follows the schedule and each leaf ends exactly at ``round(d_i * n_i)``.
     """
 
     def __init__(
@@ -110,8 +146,10 @@ class Pruner:
         scope: Scope = "global",
         structure: Structure | None = None,
         where: Where = None,
+        distribution: str | Distribution | None = None,
     ):
         self.score = _score_fn(score)
+        self.distribution = _distribution_fn(distribution, schedule, scope)
         if isinstance(schedule, Mapping):
             if not schedule:
                 raise ValueError("`schedule` as a mapping needs at least one pattern.")
@@ -165,11 +203,18 @@ class Pruner:
         groups = self._groups(state.masks)
         wanted = self.targets(step)
         due = wanted > state.targets
-        group_targets = [(wanted[g], schedule.final) for g, (_, schedule) in enumerate(self.patterns)]
+        if self.distribution is None:
+            leaf_groups = groups
+            group_targets = [(wanted[g], schedule.final) for g, (_, schedule) in enumerate(self.patterns)]
+        else:  # one schedule, scaled per leaf; each leaf is its own group
+            leaf_groups = [None if g is None else i for i, g in enumerate(groups)]
+            group_targets = self._leaf_targets(state.masks, wanted[0])
 
         def do_prune(masks):
             scores = self._scores(params, grads, key)
-            pruned = prune_to_targets(scores, masks, groups, group_targets, scope=self.scope, structure=self.structure)
+            pruned = prune_to_targets(
+                scores, masks, leaf_groups, group_targets, scope=self.scope, structure=self.structure
+            )
             # Groups whose target did not rise keep their masks as they are.
             new, treedef = leaves_with_paths(pruned)
             old, _ = leaves_with_paths(masks)
@@ -183,6 +228,26 @@ class Pruner:
             jnp.where(due, wanted, state.targets),
             state.count + jnp.any(due).astype(jnp.int32),
         )
+
+    def _leaf_targets(self, masks: PyTree, wanted: jax.Array) -> list[tuple[jax.Array, float] | None]:
+        """(target now, final target) of every leaf under the distribution; None where not prunable."""
+        final = self.patterns[0][1].final
+        per_leaf = self.distribution(masks, final)  # from shapes only: Python floats at trace time
+        flat, m_def = leaves_with_paths(masks)
+        values, d_def = leaves_with_paths(per_leaf)
+        if d_def != m_def:
+            where = first_difference(masks, per_leaf, "the masks", "the distribution's result")
+            raise ValueError(f"`distribution` must return a pytree of the masks' structure: {where}.")
+        out = []
+        for (path, m), (_, d) in zip(flat, values):
+            if m is None:
+                out.append(None)
+                continue
+            if d is None:
+                raise ValueError(f"the distribution gave no sparsity for prunable leaf {path!r}.")
+            d = float(d)
+            out.append((wanted * (d / final) if final > 0 else jnp.zeros_like(wanted), d))
+        return out
 
     def _scores(self, params: PyTree, grads: PyTree | None, key: jax.Array | None) -> PyTree:
         scores = self.score(params, grads, key)

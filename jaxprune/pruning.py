@@ -16,15 +16,17 @@ Two ways to say how much, exactly one per call:
 from __future__ import annotations
 
 import math
+import numbers
 from functools import partial
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune._checks import check_scope
-from jaxprune._tree import PyTree, check_masks_match, unflatten
-from jaxprune.counts import alive_per_group, is_traced, num_pruned, parse_target, scheduled_count
+from jaxprune._tree import PyTree, check_masks_match, first_difference, leaves_with_paths, unflatten
+from jaxprune.counts import Target, alive_per_group, is_traced, num_pruned, parse_target, scheduled_count
 from jaxprune.select import lowest_k
 from jaxprune.structures import NM, Block, Structure, Structured, Unstructured
 
@@ -50,7 +52,9 @@ def prune(
         pruned stay pruned and count towards ``sparsity``.
       sparsity: cumulative target in [0, 1]: the fraction of all units in scope
         that are pruned after the call. May be a traced value under ``jit``; a
-        new value then does not recompile.
+        new value then does not recompile. With ``scope="layer"`` it may also be
+        a pytree of the masks' structure with one target per prunable leaf
+        (``None`` elsewhere), e.g. from ``jp.distributions.erk``.
       amount: PyTorch's relative amount: a float in [0, 1] (fraction of the
         still-unpruned units) or a non-negative int (a count).
       scope: ``"global"`` ranks all prunable leaves together (one threshold for
@@ -96,7 +100,17 @@ def prune(
             new[i] = _nm_keep(s_flat[i][1], m_leaves[i], structure=structure)
         return unflatten(treedef, new)
 
-    target = parse_target(sparsity, amount)
+    if _is_tree(sparsity):
+        if amount is not None:
+            raise ValueError("give exactly one of `sparsity` and `amount`; got both.")
+        if scope != "layer":
+            raise ValueError(
+                "a per-leaf `sparsity` (a pytree, e.g. from jp.distributions) gives each leaf its own target: "
+                f"pass scope='layer', got scope={scope!r}."
+            )
+        target = _per_leaf_target(sparsity, s_flat, m_leaves, treedef, live)
+    else:
+        target = parse_target(sparsity, amount)
     empty = [s_flat[i][0] for i, m in enumerate(m_leaves) if m is not None and m.size == 0]
     if target.kind == "count" and not is_traced(target.value) and target.value > 0 and empty:
         if scope == "layer" or not live:  # as PyTorch: no weights to take the count from
@@ -148,6 +162,40 @@ def prune_to_targets(
         return jnp.maximum(jnp.stack(wanted), already)
 
     return _select_into(s_flat, m_leaves, treedef, live, selection, structure, counts)
+
+
+def _is_tree(sparsity: Any) -> bool:
+    """A per-leaf sparsity: a container (dict, list, NamedTuple, nnx.State, ...), not a number or an array."""
+    return sparsity is not None and not isinstance(
+        sparsity, (numbers.Real, np.ndarray, np.generic, jax.Array, str, bytes, jax.core.Tracer)
+    )
+
+
+def _per_leaf_target(sparsity: PyTree, s_flat, m_leaves, treedef, live) -> Target:
+    """Checks a per-leaf ``sparsity`` against the masks; returns one target per live leaf."""
+    flat, s_def = leaves_with_paths(sparsity)
+    if s_def != treedef:
+        where = first_difference(sparsity, unflatten(treedef, m_leaves), "`sparsity`", "`masks`")
+        raise ValueError(f"a per-leaf `sparsity` must have the structure of `masks`: {where}.")
+    values = []
+    for (path, v), m in zip(flat, m_leaves):
+        if m is None:
+            if v is not None:
+                raise ValueError(f"`sparsity` leaf {path!r} must be None: its mask is None (not prunable).")
+            values.append(None)
+        elif is_traced(v):
+            if jnp.ndim(v) != 0 or not jnp.issubdtype(v.dtype, jnp.floating):
+                raise TypeError(f"`sparsity` leaf {path!r} must be a float scalar, got {v.dtype}{list(v.shape)}.")
+            values.append(v)
+        else:
+            try:
+                values.append(parse_target(v, None).value)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"`sparsity` leaf {path!r}: {e}") from None
+    chosen = [values[i] for i in live]
+    if any(is_traced(v) for v in chosen):
+        return Target("sparsity", jnp.stack([jnp.asarray(v, jnp.float32) for v in chosen]))
+    return Target("sparsity", tuple(float(v) for v in chosen))
 
 
 def check_structure(structure: Any) -> Structure:
