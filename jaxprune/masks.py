@@ -107,18 +107,49 @@ def init_masks(params: PyTree, where: Where = None) -> PyTree:
     return unflatten(treedef, masks)
 
 
-def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
+def _zero_pruned(p: jax.Array, m: jax.Array) -> jax.Array:
+    return jnp.where(m, p, jnp.zeros((), p.dtype))
+
+
+@jax.custom_vjp
+def _straight_through(p: jax.Array, m: jax.Array) -> jax.Array:
+    return _zero_pruned(p, m)
+
+
+def _straight_through_fwd(p, m):
+    return _zero_pruned(p, m), m.shape
+
+
+def _straight_through_bwd(shape, g):
+    return g, np.zeros(shape, jax.dtypes.float0)  # every weight gets the gradient; a bool mask gets none
+
+
+_straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
+
+
+def apply_mask(params: PyTree, masks: PyTree, *, straight_through: bool = False) -> PyTree:
     """Zeros the pruned entries of ``params``; leaves whose mask is ``None`` pass through.
 
     Use it inside the jitted loss: the gradient at pruned entries is then
     exactly zero. ``jnp.where`` rather than a multiply, so a NaN or inf in a
     pruned weight does not leak through as NaN.
 
+    Args:
+      params: the parameter pytree.
+      masks: bool masks mirroring ``params`` (``None`` where not prunable).
+      straight_through: the straight-through estimator (as jaxpruner's
+        ``magnitude_ste``; Bengio et al. 2013): the forward pass is the same,
+        but the gradient flows to every weight as if unmasked, i.e. a pruned
+        weight gets the gradient of the loss at its (zeroed) position, so it
+        keeps learning and can win its place back when masks are recomputed.
+
     Raises:
       ValueError, TypeError: ``masks`` does not mirror ``params`` (the message
-        names the first differing path).
+        names the first differing path), or ``straight_through`` is not a bool.
     """
-    return map_masked(lambda p, m: jnp.where(m, p, jnp.zeros((), p.dtype)), params, masks)
+    if not isinstance(straight_through, bool):
+        raise TypeError(f"`straight_through` must be a bool, got {type(straight_through).__name__}.")
+    return map_masked(_straight_through if straight_through else _zero_pruned, params, masks)
 
 
 def finalize(params: PyTree, masks: PyTree) -> PyTree:

@@ -198,3 +198,30 @@ def test_unpack_rejects_wrong_sizes():
     packed = {"a": jnp.zeros(3, jnp.uint8)}
     with pytest.raises(ValueError, match="'a' must be uint8\\[2\\]"):
         jp.unpack_masks(packed, params)
+
+
+def test_straight_through_masks_forward_zeros_and_pass_the_dense_gradient():
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {"w": jax.random.normal(k[0], (6, 5)), "b": jnp.ones(5)}
+    params["w"] = params["w"].at[0, 0].set(jnp.inf)  # a pruned inf must not leak into the forward pass
+    masks = jp.init_masks(params)
+    masks["w"] = jax.random.bernoulli(k[1], 0.4, (6, 5)).at[0, 0].set(False)
+    x = jax.random.normal(k[2], (3, 6))
+
+    def loss(p, straight_through):
+        q = jp.apply_mask(p, masks, straight_through=straight_through)
+        return jnp.sum(jnp.tanh(x @ q["w"] + q["b"]) ** 2)
+
+    masked = jp.apply_mask(params, masks)
+    chex.assert_trees_all_equal(jp.apply_mask(params, masks, straight_through=True), masked)
+    # The gradient of every weight is the dense gradient at the masked weights, pruned ones included ...
+    dense = jax.grad(lambda p: jnp.sum(jnp.tanh(x @ p["w"] + p["b"]) ** 2))(masked)
+    for fn in (jax.grad(loss, argnums=0), jax.jit(jax.grad(loss), static_argnums=1)):
+        g = fn(params, True)
+        chex.assert_trees_all_close(g, dense, rtol=1e-6)
+        assert bool(jnp.all(g["w"][~masks["w"]] != 0))
+    # ... where the plain mask gives pruned weights exactly zero gradient.
+    plain = jax.grad(loss)(params, False)
+    assert bool(jnp.all(plain["w"][~masks["w"]] == 0))
+    with pytest.raises(TypeError, match="`straight_through` must be a bool"):
+        jp.apply_mask(params, masks, straight_through="yes")
