@@ -18,6 +18,8 @@ from jaxprune.masks import (
     summary,
     unpack_masks,
 )
+from jaxprune.methods.pruner import Pruner, PrunerState, rewind
+from jaxprune.methods.sparse_training import SparseState, StaticSparse
 from jaxprune.nn.dropouts import (
     MCPrediction,
     concrete_dropout,
@@ -30,7 +32,6 @@ from jaxprune.nn.dropouts import (
 )
 from jaxprune.nn.recurrent import RNNDropout, init_lstm, lstm
 from jaxprune.optim import masked_optimizer, zero_pruned
-from jaxprune.pruner import Pruner, PrunerState, rewind
 from jaxprune.pruning import prune
 from jaxprune.scores import magnitude, random, saliency
 from jaxprune.structures import NM, Block, Structured, Unstructured
@@ -48,6 +49,8 @@ __all__ = [
     "Pruner",
     "PrunerState",
     "RNNDropout",
+    "SparseState",
+    "StaticSparse",
     "Structured",
     "Summary",
     "UnitAxis",

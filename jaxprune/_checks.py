@@ -60,3 +60,13 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
         return key
     what = f"{jnp.dtype(dtype)}{list(shape)}" if dtype is not None else f"{type(key).__name__} {key!r}"
     raise TypeError(f"`{name}` must be a PRNG key, got {what}; {KEY_HELP}.")
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A real number in [0, 1] (a sparsity, a rate of what is pruned); returns it as a Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a float in [0, 1], got {type(value).__name__} {value!r}.")
+    v = float(value)
+    if not 0.0 <= v <= 1.0:  # also NaN
+        raise ValueError(f"`{name}` must be in [0, 1], got {value!r}.")
+    return v

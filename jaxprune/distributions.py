@@ -20,20 +20,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
 
+from jaxprune._checks import check_fraction
 from jaxprune._tree import PyTree, leaves_with_paths, unflatten
-
-
-def _check_sparsity(sparsity: Any) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise TypeError(f"`sparsity` must be a float in [0, 1], got {type(sparsity).__name__} {sparsity!r}.")
-    value = float(sparsity)
-    if not 0.0 <= value <= 1.0:  # also NaN
-        raise ValueError(f"`sparsity` must be in [0, 1], got {sparsity!r}.")
-    return value
 
 
 def _shapes(masks: PyTree) -> tuple[list[tuple[int, ...] | None], Any]:
@@ -65,7 +58,7 @@ def uniform(masks: PyTree, sparsity: float) -> PyTree:
     Returns:
       A pytree of the masks' structure: ``sparsity`` at every prunable leaf, ``None`` elsewhere.
     """
-    s = _check_sparsity(sparsity)
+    s = check_fraction("sparsity", sparsity)
     shapes, treedef = _shapes(masks)
     return unflatten(treedef, [None if shape is None else (s if math.prod(shape) else 0.0) for shape in shapes])
 
@@ -104,7 +97,7 @@ def erk(masks: PyTree, sparsity: float, *, power: float = 1.0) -> PyTree:
       >>> jp.distributions.erk(masks, 0.5)          # doctest: +SKIP
       {'a': 0.0, 'b': 0.3095..., 'c': 0.6547...}                 # jaxpruner's test: 0.0, 0.31, 0.655
     """
-    s = _check_sparsity(sparsity)
+    s = check_fraction("sparsity", sparsity)
     if isinstance(power, bool) or not isinstance(power, numbers.Real) or not math.isfinite(power) or power < 0:
         raise ValueError(f"`power` must be a finite number >= 0, got {power!r}.")
     shapes, treedef = _shapes(masks)
@@ -133,3 +126,19 @@ def erk(masks: PyTree, sparsity: float, *, power: float = 1.0) -> PyTree:
         else:
             out.append(min(1.0, max(0.0, 1.0 - scale * raw[i])))
     return unflatten(treedef, out)
+
+
+Distribution = Callable[[PyTree, float], PyTree]
+NAMED = {"uniform": uniform, "erk": erk}
+
+
+def get(distribution: str | Distribution) -> Distribution:
+    """A distribution by name (``"uniform"``, ``"erk"``), or a callable ``(masks, sparsity) -> per-leaf`` as it is."""
+    if isinstance(distribution, str) and distribution in NAMED:
+        return NAMED[distribution]
+    if callable(distribution):
+        return distribution
+    raise ValueError(
+        f"`distribution` must be one of {tuple(NAMED)} or a callable (masks, sparsity) -> per-leaf sparsities, "
+        f"got {distribution!r}."
+    )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from jaxprune._checks import check_int
+from jaxprune._checks import check_fraction, check_int
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,6 @@ def as_step(step: object) -> jax.Array:
     return jnp.asarray(check_int("step", step), jnp.int32)
 
 
-def _fraction(name: str, value: object, *, open_top: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a float in [0, 1], got {type(value).__name__} {value!r}.")
-    v = float(value)
-    if not (0.0 <= v < 1.0 if open_top else 0.0 <= v <= 1.0):
-        allowed = "[0, 1)" if open_top else "[0, 1]"
-        raise ValueError(f"`{name}` must be in {allowed}, got {value!r}.")
-    return v
-
-
 def _rounds(rounds: object, every: object, begin: object) -> tuple[int, int, int]:
     return (
         check_int("rounds", rounds, minimum=1),
@@ -80,19 +70,19 @@ def _round_index(step: jax.Array, begin: int, every: int, rounds: int) -> jax.Ar
 
 def one_shot(sparsity: float, at: int = 0) -> Schedule:
     """Prune once, to ``sparsity``, at step ``at``."""
-    s, at = _fraction("sparsity", sparsity), check_int("at", at)
+    s, at = check_fraction("sparsity", sparsity), check_int("at", at)
     return Schedule(lambda step: jnp.where(step >= at, s, 0.0), s, f"one_shot(sparsity={s}, at={at})")
 
 
 def constant(sparsity: float, begin: int = 0) -> Schedule:
     """``sparsity`` from ``begin`` on (the same as ``one_shot``; reads better for per-layer targets)."""
-    s, begin = _fraction("sparsity", sparsity), check_int("begin", begin)
+    s, begin = check_fraction("sparsity", sparsity), check_int("begin", begin)
     return Schedule(lambda step: jnp.where(step >= begin, s, 0.0), s, f"constant(sparsity={s}, begin={begin})")
 
 
 def linear(final: float, rounds: int, every: int = 1, begin: int = 0) -> Schedule:
     """Equal steps of the cumulative target: ``final * k / rounds`` after round k."""
-    final = _fraction("final", final)
+    final = check_fraction("final", final)
     rounds, every, begin = _rounds(rounds, every, begin)
     return Schedule(
         lambda step: final * _round_index(step, begin, every, rounds) / rounds,
@@ -106,7 +96,7 @@ def geometric(rate: float, rounds: int, every: int = 1, begin: int = 0) -> Sched
 
     Ten rounds of ``rate=0.1`` end at 65.13%, not 90%.
     """
-    rate = _fraction("rate", rate)
+    rate = check_fraction("rate", rate)
     rounds, every, begin = _rounds(rounds, every, begin)
     return Schedule(
         lambda step: 1.0 - (1.0 - rate) ** _round_index(step, begin, every, rounds).astype(jnp.float32),
@@ -122,7 +112,7 @@ def polynomial(final: float, begin: int, end: int, every: int, initial: float = 
     updated every ``every`` steps from ``begin`` to ``end`` (t rounded down to
     the last update), ``final`` from ``end`` on, 0 before ``begin``.
     """
-    final, initial = _fraction("final", final), _fraction("initial", initial)
+    final, initial = check_fraction("final", final), check_fraction("initial", initial)
     begin, end, every = (
         check_int("begin", begin),
         check_int("end", end, minimum=0),

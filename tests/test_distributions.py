@@ -152,7 +152,7 @@ def test_pruner_scales_a_distribution_over_the_schedule_and_ends_exactly():
 def test_pruner_distribution_arguments_are_checked():
     with pytest.raises(ValueError, match="pass scope='layer'"):
         jp.Pruner(schedule=0.5, distribution="erk")
-    with pytest.raises(ValueError, match="`distribution` must be 'uniform', 'erk' or a callable"):
+    with pytest.raises(ValueError, match=r"`distribution` must be one of \('uniform', 'erk'\) or a callable"):
         jp.Pruner(schedule=0.5, scope="layer", distribution="er")
     with pytest.raises(ValueError, match="give one schedule, not a mapping"):
         jp.Pruner(schedule={"a": 0.5}, scope="layer", distribution="erk")

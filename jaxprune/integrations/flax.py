@@ -24,8 +24,8 @@ from flax import nnx, struct
 from flax.training import train_state
 
 from jaxprune.masks import Where, apply_mask, init_masks
+from jaxprune.methods.pruner import Pruner, PrunerState
 from jaxprune.optim import masked_optimizer
-from jaxprune.pruner import Pruner, PrunerState
 
 # Path patterns (for `where=` and per-layer schedules) of Flax's LSTM cells.
 # nnx.LSTMCell and Linen's LSTMCell/OptimizedLSTMCell hold one kernel per gate:

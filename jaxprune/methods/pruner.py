@@ -32,13 +32,13 @@ from jaxprune._tree import (
     leaves_with_paths,
     unflatten,
 )
+from jaxprune.distributions import Distribution
 from jaxprune.masks import Where, apply_mask, compile_pattern, init_masks
 from jaxprune.pruning import Scope, check_structure, prune_to_targets
 from jaxprune.schedules import Schedule, constant
 from jaxprune.structures import NM, Structure
 
 ScoreFn = Callable[[PyTree, PyTree | None, jax.Array | None], PyTree]
-Distribution = Callable[[PyTree, float], PyTree]
 
 
 class PrunerState(NamedTuple):
@@ -87,16 +87,7 @@ def _score_fn(score: str | ScoreFn) -> ScoreFn:
 def _distribution_fn(distribution: str | Distribution | None, schedule: object, scope: str) -> Distribution | None:
     if distribution is None:
         return None
-    named = {"uniform": distributions.uniform, "erk": distributions.erk}
-    if isinstance(distribution, str) and distribution in named:
-        fn = named[distribution]
-    elif callable(distribution):
-        fn = distribution
-    else:
-        raise ValueError(
-            f"`distribution` must be 'uniform', 'erk' or a callable (masks, sparsity) -> per-leaf sparsities, "
-            f"got {distribution!r}."
-        )
+    fn = distributions.get(distribution)
     if isinstance(schedule, Mapping):
         raise ValueError("`distribution` shares one schedule among the leaves; give one schedule, not a mapping.")
     if scope != "layer":
@@ -177,7 +168,9 @@ class Pruner:
             out.append(g)
         return out
 
-    def init(self, params: PyTree) -> PrunerState:
+    def init(self, params: PyTree, key: jax.Array | None = None) -> PrunerState:
+        """All-True masks for the prunable leaves (``key`` is unused: the method protocol's signature)."""
+        del key
         masks = init_masks(params, self.where)
         self._groups(masks)  # fail early on an unmatched leaf
         return PrunerState(masks, jnp.zeros(len(self.patterns), jnp.float32), jnp.zeros((), jnp.int32))
