@@ -19,7 +19,7 @@ from jaxprune.masks import (
     unpack_masks,
 )
 from jaxprune.methods.pruner import Pruner, PrunerState, rewind
-from jaxprune.methods.sparse_training import SparseState, StaticSparse
+from jaxprune.methods.sparse_training import SET, RigL, SparseState, StaticSparse
 from jaxprune.nn.dropouts import (
     MCPrediction,
     concrete_dropout,
@@ -41,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NM",
+    "SET",
     "Bitmap",
     "Block",
     "Checkpointer",
@@ -49,6 +50,7 @@ __all__ = [
     "Pruner",
     "PrunerState",
     "RNNDropout",
+    "RigL",
     "SparseState",
     "StaticSparse",
     "Structured",

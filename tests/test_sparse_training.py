@@ -102,3 +102,126 @@ def test_static_sparse_arguments_are_checked():
     state = method.init(params, jax.random.key(0))
     with pytest.raises(ValueError, match=r"`state\.masks` leaf 'l0/kernel' has shape"):
         method.update(state, {**params, "l0": {"kernel": jnp.ones((16, 8)), "bias": jnp.zeros(8)}}, 0)
+
+
+# --- SET and RigL -------------------------------------------------------------
+
+
+def reference_move(mask, w, grow_score, n_move):
+    """NumPy reference, from the papers: drop the n_move smallest |w| among the active (earlier index first on
+    ties); grow the n_move largest scores among the connections not kept by the drop (earlier index first)."""
+    mask, w, grow_score = (np.asarray(x).reshape(-1) for x in (mask, w, grow_score))
+    idx = np.arange(mask.size)
+    active = idx[mask]
+    dropped = active[np.lexsort((active, np.abs(w[active])))][:n_move]
+    kept = mask.copy()
+    kept[dropped] = False
+    candidates = idx[~kept]
+    grown = candidates[np.lexsort((candidates, -grow_score[candidates]))][:n_move]
+    new = kept.copy()
+    new[grown] = True
+    return new
+
+
+@pytest.mark.parametrize("method_cls", [jp.SET, jp.RigL])
+def test_drop_and_grow_match_the_reference_and_conserve_every_layer(method_cls):
+    params = mlp(1)
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(7), x.shape), params)
+    method = method_cls(0.8, every=10, end=100, drop_fraction=0.5)
+    state = method.init(params, jax.random.key(1))
+    key = jax.random.key(9)
+    update = jax.jit(lambda s, t: method.update(s, params, t, grads=grads, key=key))
+    for t in (0, 5, 100, 130):  # not due: nothing moves
+        chex.assert_trees_all_equal(update(state, t), state)
+    new = update(state, 30)
+    assert int(new.count) == 1
+    grow = jp.random(key, params) if method_cls is jp.SET else jp.magnitude(grads)
+    fraction = float(method.fraction(jnp.int32(30)))  # the float32 value the update uses
+    for k in ("l0", "l1", "out"):
+        old_m = state.masks[k]["kernel"]
+        active = int(old_m.sum())
+        expected = reference_move(old_m, params[k]["kernel"], grow[k]["kernel"], round(fraction * active))
+        np.testing.assert_array_equal(np.asarray(new.masks[k]["kernel"]).reshape(-1), expected, err_msg=k)
+        assert int(new.masks[k]["kernel"].sum()) == active  # exactly conserved
+        assert int((new.masks[k]["kernel"] & ~old_m).sum()) > 0  # and something really moved
+
+
+def train(method, params, steps, state=None, opt_state=None, start=0):
+    """A RigL/SET train step: dense gradient (no apply_mask; pruned weights stored as exact zeros), the method's
+    update first, then masked_optimizer with the new masks."""
+    chex.clear_trace_counter()  # a new `step` per call; within a call it must trace once
+    tx = jp.masked_optimizer(optax.adam(1e-2))
+    x = jax.random.normal(jax.random.key(3), (64, 16))
+    y = jax.random.normal(jax.random.key(4), (64, 4))
+
+    def loss(p):
+        h = jnp.tanh(x @ p["l0"]["kernel"] + p["l0"]["bias"])
+        h = jnp.tanh(h @ p["l1"]["kernel"] + p["l1"]["bias"])
+        return jnp.mean((h @ p["out"]["kernel"] + p["out"]["bias"] - y) ** 2)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, opt_state, state, t):
+        grads = jax.grad(loss)(params)
+        new_state = method.update(state, params, t, grads=grads, key=jax.random.fold_in(jax.random.key(5), t))
+        updates, opt_state = tx.update(grads, opt_state, params, masks=new_state.masks)
+        return optax.apply_updates(params, updates), opt_state, new_state, state, params
+
+    if state is None:
+        state = method.init(params, jax.random.key(0))
+        params = jp.apply_mask(params, state.masks)
+        opt_state = tx.init(params)
+    history = []
+    for t in range(start, start + steps):
+        before_opt = opt_state
+        params, opt_state, state, old_state, old_params = step(params, opt_state, state, t)
+        history.append((old_state, state, old_params, before_opt))
+    return params, opt_state, state, history
+
+
+@pytest.mark.parametrize("method_cls", [jp.SET, jp.RigL])
+def test_regrown_weights_and_moments_start_at_zero_and_dropped_weights_become_zero(method_cls):
+    method = method_cls(0.8, every=5, end=40)
+    params, _, state, history = train(method, mlp(), 21)
+    assert int(state.count) == 4  # steps 5, 10, 15, 20
+    moved = 0
+    for old_state, new_state, old_params, old_opt in history:
+        for k in ("l0", "l1", "out"):
+            old_m, new_m = old_state.masks[k]["kernel"], new_state.masks[k]["kernel"]
+            assert int(new_m.sum()) == int(old_m.sum())
+            grown = new_m & ~old_m
+            moved += int(grown.sum())
+            assert bool(jnp.all(old_params[k]["kernel"][grown] == 0.0))  # regrown weights start at exactly 0
+            mu, nu = old_opt[0].mu[k]["kernel"], old_opt[0].nu[k]["kernel"]
+            assert bool(jnp.all(mu[grown] == 0.0)) and bool(jnp.all(nu[grown] == 0.0))  # and with zero moments
+    assert moved > 0
+    for k in ("l0", "l1", "out"):  # every inactive weight is exactly zero after the step that dropped it
+        assert bool(jnp.all(params[k]["kernel"][~state.masks[k]["kernel"]] == 0.0))
+
+
+def test_rigl_resumes_bit_identically_from_a_checkpoint(tmp_path):
+    method = jp.RigL(0.8, every=5, end=40)
+    full_params, full_opt, full_state, _ = train(method, mlp(), 16)
+    params, opt_state, state, _ = train(method, mlp(), 8)
+    with jp.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(8, {"params": params, "opt": opt_state, "method": state})
+        like = jax.eval_shape(lambda: {"params": params, "opt": opt_state, "method": state})
+    with jp.Checkpointer(tmp_path, read_only=True) as ckpt:
+        back = ckpt.restore(like)
+    params, opt_state, state, _ = train(method, back["params"], 8, back["method"], back["opt"], start=8)
+    chex.assert_trees_all_equal((params, opt_state, state), (full_params, full_opt, full_state))
+
+
+def test_set_and_rigl_arguments_are_checked():
+    params = mlp()
+    with pytest.raises(ValueError, match=r"`drop_fraction` must be in \[0, 1\]"):
+        jp.RigL(0.9, drop_fraction=1.5, end=10)
+    with pytest.raises(ValueError, match="`every` must be a positive int"):
+        jp.SET(0.9, every=0, end=10)
+    with pytest.raises(TypeError, match="`end` must be a positive int"):
+        jp.SET(0.9, end=None)
+    rigl, set_ = jp.RigL(0.9, end=10), jp.SET(0.9, end=10)
+    with pytest.raises(ValueError, match=r"RigL\.update needs `grads=`"):
+        rigl.update(rigl.init(params, jax.random.key(0)), params, 5)
+    with pytest.raises(TypeError, match=r"SET\.update needs `key=`"):
+        set_.update(set_.init(params, jax.random.key(0)), params, 5)

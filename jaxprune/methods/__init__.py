@@ -15,4 +15,8 @@ here and one line in ``jaxprune/__init__.py``.
 * ``pruner.Pruner``: gradual pruning on a schedule; masks only lose entries.
 * ``sparse_training.StaticSparse``: masks drawn once at ``init`` with a
   per-layer distribution, never changed (sparse training's baseline).
+* ``sparse_training.SET`` and ``sparse_training.RigL``: connections move:
+  every ``every`` steps each layer drops its smallest active weights and
+  regrows as many (at random, or by the largest dense gradient), conserving
+  each layer's count exactly.
 """

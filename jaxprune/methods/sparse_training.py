@@ -14,18 +14,23 @@ the pruned weights stay exactly zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxprune import distributions
 from jaxprune import scores as scores_lib
-from jaxprune._checks import KEY_HELP, check_fraction, check_key
-from jaxprune._tree import PyTree, check_masks_match
+from jaxprune._checks import KEY_HELP, check_fraction, check_int, check_key
+from jaxprune._tree import PyTree, check_masks_match, check_shapes_match, leaves_with_paths, unflatten
+from jaxprune.counts import round_mul
 from jaxprune.distributions import Distribution
 from jaxprune.masks import Where, init_masks
 from jaxprune.pruning import prune
+from jaxprune.schedules import as_step
+from jaxprune.select import count_true, lowest_k
 
 _SCORES = ("random", "magnitude")
 
@@ -93,3 +98,140 @@ class StaticSparse:
         del step, grads, key
         check_masks_match(params, state.masks, masks_name="state.masks")
         return state
+
+
+def cosine_drop_fraction(drop_fraction: float, end: int) -> Callable[[jax.Array], jax.Array]:
+    """``f(step) = drop_fraction / 2 * (1 + cos(pi * step / end))``: RigL's decay of the fraction moved."""
+
+    def f(step: jax.Array) -> jax.Array:
+        return drop_fraction / 2.0 * (1.0 + jnp.cos(jnp.pi * step.astype(jnp.float32) / end))
+
+    return f
+
+
+class _DropAndGrow:
+    """SET and RigL: every ``every`` steps each layer drops its weakest active weights and regrows as many.
+
+    The drop step takes, in each prunable leaf, the ``round(f(step) * A)``
+    active weights (A: the leaf's active count) with the smallest magnitude;
+    the grow step activates as many among the connections not kept by the
+    drop step (the just-dropped ones included), chosen by ``_grow_scores``.
+    So every leaf keeps exactly A active weights. Ties follow the library's
+    rule (``jp.prune``): the earlier flat position goes first, in the drop
+    step and in the grow step alike.
+    """
+
+    def __init__(
+        self,
+        sparsity: float,
+        *,
+        distribution: str | Distribution = "erk",
+        drop_fraction: float = 0.3,
+        every: int = 100,
+        end: int,
+        where: Where = None,
+    ):
+        self._init = StaticSparse(sparsity, distribution=distribution, where=where)
+        self.drop_fraction = check_fraction("drop_fraction", drop_fraction)
+        self.every = check_int("every", every, minimum=1)
+        self.end = check_int("end", end, minimum=1)
+        self.fraction = cosine_drop_fraction(self.drop_fraction, self.end)
+
+    def init(self, params: PyTree, key: jax.Array | None = None) -> SparseState:
+        """Random masks with the distribution's share per leaf, as ``StaticSparse(score="random")``."""
+        return self._init.init(params, key)
+
+    def _grow_scores(self, params: PyTree, grads: PyTree | None, key: jax.Array | None) -> PyTree:
+        """Scores of the candidates for regrowth, with the params' structure (higher grows first)."""
+        raise NotImplementedError
+
+    def update(
+        self,
+        state: SparseState,
+        params: PyTree,
+        step: int | jax.Array,
+        grads: PyTree | None = None,
+        key: jax.Array | None = None,
+    ) -> SparseState:
+        """Moves connections when ``step % every == 0`` and ``0 < step < end``; else returns ``state``.
+
+        Jit-friendly: the decision is a ``lax.cond`` on the traced step, so
+        calling it every step compiles once.
+        """
+        p_flat, m_leaves, treedef = check_masks_match(params, state.masks, masks_name="state.masks")
+        live = [i for i, m in enumerate(m_leaves) if m is not None and m.size]
+        grow, _ = leaves_with_paths(self._grow_scores(params, grads, key))
+        step = as_step(step)
+        due = (step % self.every == 0) & (step > 0) & (step < self.end)
+
+        def move(masks):
+            weights = [p_flat[i][1] for i in live]
+            old = [masks[i] for i in live]
+            groups = tuple(range(len(live)))
+            active = jnp.stack([count_true([m])[0] for m in old])
+            sizes = jnp.asarray([m.size for m in old], jnp.uint32)
+            n_move = round_mul(self.fraction(step), active)
+            # Drop: the n_move smallest |w| among the active (inactive entries rank below every score).
+            marked = lowest_k([jnp.abs(w) for w in weights], old, groups, sizes - active + n_move)
+            kept = [m & ~d for m, d in zip(old, marked)]
+            # Grow: the n_move best-scoring among the rest (kept entries rank first, as "masked out").
+            grown = lowest_k([-grow[i][1] for i in live], [~k for k in kept], groups, active)
+            new = list(masks)
+            for i, k, g in zip(live, kept, grown):
+                new[i] = k | g
+            return new
+
+        masks = lax.cond(due, move, lambda m: list(m), list(m_leaves))
+        return SparseState(unflatten(treedef, masks), state.count + due.astype(jnp.int32))
+
+
+class SET(_DropAndGrow):
+    """Sparse Evolutionary Training (Mocanu et al. 2018): drop the smallest, regrow uniformly at random.
+
+    Every ``every`` steps (``0 < step < end``), each prunable leaf drops the
+    fraction ``f(step) = drop_fraction / 2 * (1 + cos(pi * step / end))`` of
+    its active weights with the smallest magnitude and regrows as many,
+    uniformly at random among the connections not kept by the drop step.
+    Connections *move*: masks regrow entries (this is not monotone pruning).
+    ``update`` needs ``key`` (fold the step in for a fresh draw each time).
+
+    Train with ``masked_optimizer`` and call ``update`` before the optimizer
+    in each step, so that dropped weights are set to exactly 0 by the same
+    step's update and regrown ones start from 0 with zero optimizer state.
+
+    Args:
+      sparsity: the model-wide fraction of prunable weights that are inactive.
+      distribution: per-leaf shares, as in ``StaticSparse`` (default ``"erk"``).
+      drop_fraction: the fraction moved at step 0 of the cosine decay, in [0, 1].
+      every: steps between updates.
+      end: the step at which connections stop moving.
+      where: which leaves are prunable, as in ``init_masks``.
+    """
+
+    def _grow_scores(self, params, grads, key):
+        if key is None:
+            raise TypeError(f"SET.update needs `key=` to regrow at random; {KEY_HELP}.")
+        return scores_lib.random(check_key(key), params)
+
+
+class RigL(_DropAndGrow):
+    """Rigging the Lottery (Evci et al. 2020): drop the smallest, regrow the largest dense gradients.
+
+    As ``SET``, but the regrown connections are those with the largest
+    ``|gradient|`` among the connections not kept by the drop step. The
+    gradient must be the **dense** one: of the loss with respect to the
+    effective weights at every position, pruned ones included. With
+    ``apply_mask`` inside the loss that gradient is 0 at pruned entries, so
+    compute it without: keep the pruned weights stored as exact zeros with
+    ``masked_optimizer`` (the forward then needs no mask) and pass
+    ``jax.grad(loss)(params)`` as ``grads``. It costs nothing extra: it is the
+    gradient the optimizer gets anyway.
+
+    Args: as ``SET``.
+    """
+
+    def _grow_scores(self, params, grads, key):
+        if grads is None:
+            raise ValueError("RigL.update needs `grads=`: the dense gradient of the loss (see the class docstring).")
+        check_shapes_match(params, grads, tree_name="grads")
+        return scores_lib.magnitude(grads)
