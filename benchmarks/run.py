@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, table
 
-SCRIPTS = ("global_topk", "train_step", "lstm", "export")
+SCRIPTS = ("global_topk", "train_step", "lstm", "export", "sparse_training")
 
 
 def rows_from(results: dict) -> list[list[str]]:
@@ -83,6 +83,18 @@ def rows_from(results: dict) -> list[list[str]]:
                 f"{e['lstm_speedup']:.2f}x faster",
             ]
         )
+    t = results.get("sparse_training", {})
+    if t:
+        n = f"{t['weights'] / 1e6:.1f}M"
+        for name, key in (("RigL", "rigl_update_s"), ("SET", "set_update_s")):
+            rows.append(
+                [
+                    f"one {name} update, {n} weights at 90%",
+                    name,
+                    f"{t[key]:.3f} s",
+                    f"{t[key] / t['prune_s']:.2f}x of prune",
+                ]
+            )
     return rows
 
 
