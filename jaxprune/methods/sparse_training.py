@@ -160,11 +160,11 @@ class _DropAndGrow:
         """
         p_flat, m_leaves, treedef = check_masks_match(params, state.masks, masks_name="state.masks")
         live = [i for i, m in enumerate(m_leaves) if m is not None and m.size]
-        grow, _ = leaves_with_paths(self._grow_scores(params, grads, key))
         step = as_step(step)
         due = (step % self.every == 0) & (step > 0) & (step < self.end)
 
-        def move(masks):
+        def move(masks):  # traced with the call (bad grads or key raise then), run only when due
+            grow, _ = leaves_with_paths(self._grow_scores(params, grads, key))
             weights = [p_flat[i][1] for i in live]
             old = [masks[i] for i in live]
             groups = tuple(range(len(live)))
