@@ -74,3 +74,21 @@ def test_torch_migration_quick(capsys):
     assert r["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert r["same_as_torch"] is True  # torch is in the test extras
     assert "Why 65.1%" in capsys.readouterr().out
+
+
+def test_sparse_training_quick(tmp_path, capsys):
+    results = load("sparse_training").main(["--quick", "--out", str(tmp_path)])
+    assert list(results) == ["dense", "static", "SET", "RigL", "gradual"]
+    assert [run["sparsity"] for run in results["dense"]["runs"]] == [0.0]
+    for name in ("static", "SET", "RigL", "gradual"):
+        assert [run["sparsity"] for run in results[name]["runs"]] == [pytest.approx(0.9, abs=1e-3)], name
+    for name, r in results.items():
+        assert math.isfinite(r["accuracy"]) and r["accuracy"] > 0.5, name  # chance is 0.1; quick gives > 0.9
+        assert r["steps"] == [100, 200, 300] and r["curve"][-1] == r["accuracy"]
+    # SET and RigL moved connections; static masks never change; gradual pruning only removes.
+    assert results["SET"]["moved"] > 0 and results["RigL"]["moved"] > 0
+    assert results["SET"]["mask_updates"] > 0 and results["RigL"]["mask_updates"] > 0
+    assert results["static"]["moved"] == results["gradual"]["moved"] == 0
+    assert (tmp_path / "sparse_training.png").stat().st_size > 1000
+    assert (tmp_path / "results.json").exists()
+    assert "connections grown" in capsys.readouterr().out
