@@ -47,30 +47,8 @@ def test_static_sparse_by_magnitude_keeps_each_layers_largest_weights():
 
 
 def test_static_sparse_masks_never_change_in_a_jitted_loop_and_weights_stay_zero():
-    params = mlp()
-    method = jp.StaticSparse(0.9)
-    state = method.init(params, jax.random.key(0))
-    params = jp.apply_mask(params, state.masks)
-    tx = jp.masked_optimizer(optax.adam(1e-2))
-    opt_state = tx.init(params)
-    x = jax.random.normal(jax.random.key(3), (64, 16))
-    y = jax.random.normal(jax.random.key(4), (64, 4))
-
-    def loss(p):
-        h = jnp.tanh(x @ p["l0"]["kernel"] + p["l0"]["bias"])
-        h = jnp.tanh(h @ p["l1"]["kernel"] + p["l1"]["bias"])
-        return jnp.mean((h @ p["out"]["kernel"] + p["out"]["bias"] - y) ** 2)
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def step(params, opt_state, state, t):
-        grads = jax.grad(loss)(params)
-        updates, opt_state = tx.update(grads, opt_state, params, masks=state.masks)
-        return optax.apply_updates(params, updates), opt_state, method.update(state, params, t, grads=grads)
-
-    first = state
-    for t in range(30):
-        params, opt_state, state = step(params, opt_state, state, t)
+    params, _, state, history = train(jp.StaticSparse(0.9), mlp(), 30)  # `train` is below, shared with SET/RigL
+    first = history[0][0]
     chex.assert_trees_all_equal(state, first)
     for k in ("l0", "l1", "out"):
         assert bool(jnp.all(params[k]["kernel"][~state.masks[k]["kernel"]] == 0.0))
