@@ -6,10 +6,11 @@ one place; instead this searches for the k-th lowest score over its 32-bit
 pattern (its *key*, see ``order_keys``), counting instead of sorting:
 
 1. **Bracket.** A strided sample of about ``_SAMPLE`` (65,536) scores per group
-   is sorted; its ranks ``k/N * n +- _BRACKET_SIGMAS`` binomial standard
-   deviations give a bracket of keys that holds the threshold with
-   overwhelming probability. One counting pass over all scores checks both
-   ends (a wrong bracket only costs passes, never a wrong answer).
+   is sorted; the target's rank among the sample's alive entries, plus or
+   minus ``_BRACKET_SIGMAS`` binomial standard deviations, gives a bracket of
+   keys that holds the threshold with overwhelming probability. One counting
+   pass over all scores checks both ends (a wrong bracket only costs passes,
+   never a wrong answer).
 2. **Probes.** Each further pass counts, for two probe keys inside the
    bracket ``[lo, hi]``, how many scores lie at or below each, and keeps the
    part of the bracket that holds the threshold, until it is a single key.
@@ -23,6 +24,8 @@ pattern (its *key*, see ``order_keys``), counting instead of sorting:
    case stays within two passes per factor of three.
    Counting is a fused elementwise compare and sum per leaf, so sharded
    leaves are counted where they live and only a few integers cross devices.
+   A score may be ``Lazy`` (``fn(*args)``, e.g. ``|w|`` from ``w``): it is
+   computed inside each pass instead of being stored once and read back.
 3. **Ties.** Entries keyed exactly at the threshold tie; the first ones in
    flat order are taken, found from per-row counts of the tied entries (one
    more pass, run only when a group has more ties than it needs).
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +60,20 @@ _PROBE_SIGMAS = 3.0  # interpolated probes' distance from the guess, in binomial
 _CURVATURE = 0.02  # extra probe margin, as a fraction of the interval (|N(0,1)| varies ~8% over a first bracket)
 _NARROW = 6.0  # interpolate only when the probes' window is under 1/_NARROW of the interval
 _F32_BELOW_2_32 = 4294967040.0  # largest float32 below 2**32: float offsets clip here before the uint32 cast
+
+
+class Lazy(NamedTuple):
+    """A score leaf that ``lowest_k`` computes elementwise inside each pass, as ``fn(*args)``.
+
+    ``Lazy(jnp.abs, (w,))`` selects by ``|w|`` without writing ``|w|`` out:
+    a score computed in the same jitted call would otherwise be stored once
+    and read back by every pass (XLA hoists it out of the search loop), and
+    for 100M weights that store costs as much as several passes. ``fn`` must
+    be elementwise in effect: it is evaluated whole, never on slices.
+    """
+
+    fn: Callable[..., jax.Array]
+    args: tuple[Any, ...]
 
 
 def order_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
@@ -194,12 +212,12 @@ def _search(
 
 
 def lowest_k(
-    scores: Sequence[jax.Array], alive: Sequence[jax.Array], groups: Sequence[int], k: jax.Array
+    scores: Sequence[jax.Array | Lazy], alive: Sequence[jax.Array], groups: Sequence[int], k: jax.Array
 ) -> list[jax.Array]:
     """Marks exactly ``k[g]`` lowest entries in each group; returns bool arrays shaped like ``scores``.
 
     Args:
-      scores: float arrays, one per leaf.
+      scores: float arrays, one per leaf, or ``Lazy`` scores computed inside each pass.
       alive: bool arrays of the same shapes; False entries rank lowest of all.
       groups: the group (0..G-1) of each leaf. Leaves of a group compete with
         each other: one group is global selection, one group per leaf is per layer.
@@ -207,16 +225,21 @@ def lowest_k(
 
     Leaves without entries take no part; a group without entries marks nothing.
     """
-    if any(s.size == 0 for s in scores):
-        return _skip_empty(scores, alive, groups, k)
+    lazy = [s if isinstance(s, Lazy) else Lazy(_identity, (s,)) for s in scores]
+    shapes = [jax.eval_shape(s.fn, *s.args).shape for s in lazy]
+    if any(math.prod(shape) == 0 for shape in shapes):
+        return _skip_empty([_evaluate(s) for s in lazy], alive, groups, k)
     num_groups = int(k.shape[0])
     members: list[list[int]] = [[] for _ in range(num_groups)]
     offsets, sizes = [], [0] * num_groups
-    for i, (s, g) in enumerate(zip(scores, groups)):
+    for i, (shape, g) in enumerate(zip(shapes, groups)):
         members[g].append(i)
         offsets.append(sizes[g])
-        sizes[g] += int(s.size)
-    floats = [s.astype(jnp.float32) for s in scores]
+        sizes[g] += math.prod(shape)
+
+    def floats() -> list[jax.Array]:  # evaluated where used, fused into each pass, never stored (see Lazy)
+        return [_evaluate(s) for s in lazy]
+
     k = k.astype(_U32)
     want = jnp.maximum(k, _U32(1))  # k == 0 is masked out at the end
 
@@ -224,25 +247,29 @@ def lowest_k(
         return jnp.stack([sum((per_leaf[i] for i in m), jnp.zeros_like(per_leaf[0])) for m in members])
 
     # Entries below every real float: the masked-out ones, then the NaNs.
-    special = by_group([count_true([~a, a & jnp.isnan(s)]) for s, a in zip(floats, alive)])
+    special = by_group([count_true([~a, a & jnp.isnan(s)]) for s, a in zip(floats(), alive)])
     masked, below_reals = special[:, 0], special[:, 0] + special[:, 1]
 
     def count_le(t: jax.Array) -> jax.Array:
         bound = _key_to_float(t)
+        # The barrier ties the score's inputs to the probes, so XLA keeps a
+        # lazy score inside the pass instead of hoisting (materialising) it.
+        args, _ = lax.optimization_barrier(([s.args for s in lazy], t))
+        here = [_evaluate(Lazy(s.fn, a)) for s, a in zip(lazy, args)]
         reals = by_group(
-            [count_true([a & (s <= bound[g, p]) for p in range(t.shape[1])]) for s, a, g in zip(floats, alive, groups)]
+            [count_true([a & (s <= bound[g, p]) for p in range(t.shape[1])]) for s, a, g in zip(here, alive, groups)]
         )
         base = jnp.where(t >= _U32(_NAN), below_reals[:, None], masked[:, None])
         return base + jnp.where(t >= _U32(_NEG_INF), reals, _U32(0))
 
-    thresh, below, upto = _search(count_le, _bracket(floats, alive, members, sizes, want, count_le), want)
+    thresh, below, upto = _search(count_le, _bracket(floats(), alive, members, sizes, masked, want, count_le), want)
 
     # Entries keyed at the threshold tie; take the first (want - below) of them
     # in flat order. That costs a pass only when some group has excess ties.
     # (Keys are recomputed in each fused pass rather than stored: writing N
     # fresh uint32 costs more than recomputing them.)
     def tied() -> list[jax.Array]:
-        return [order_keys(s, a) == thresh[g] for s, a, g in zip(floats, alive, groups)]
+        return [order_keys(s, a) == thresh[g] for s, a, g in zip(floats(), alive, groups)]
 
     ends = jnp.asarray(sizes, _U32)
     excess = upto > want
@@ -251,12 +278,20 @@ def lowest_k(
         lambda: jnp.where(excess, _nth_true(tied(), members, offsets, want - below), ends),
         lambda: ends,
     )
-    keys = [order_keys(s, a) for s, a in zip(floats, alive)]
-    indices = [_flat_index(s.shape, off) for s, off in zip(scores, offsets)]
+    keys = [order_keys(s, a) for s, a in zip(floats(), alive)]
+    indices = [_flat_index(shape, off) for shape, off in zip(shapes, offsets)]
     return [
         ((key < thresh[g]) | ((key == thresh[g]) & (idx < cut[g]))) & (k[g] > 0)
         for key, idx, g in zip(keys, indices, groups)
     ]
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+def _evaluate(score: Lazy) -> jax.Array:
+    return score.fn(*score.args).astype(jnp.float32)
 
 
 def _skip_empty(scores, alive, groups, k) -> list[jax.Array]:
@@ -320,21 +355,27 @@ def _row_count(pred: jax.Array) -> jax.Array:
     return jnp.sum(chunks & _U32(0xFF), axis=-1, dtype=_U32)
 
 
-def _bracket(floats, alive, members, sizes, want, count_le):
+def _bracket(floats, alive, members, sizes, masked, want, count_le):
     """Key interval [lo, hi] per group that holds the threshold, from a sorted sample.
 
     The threshold is the smallest key t with count_le(t) >= want. The sample's
     quantiles give a guess; one counting pass checks both ends and, where a
     guess missed, falls back to the side of the key range that must hold it.
+    The masked-out entries (``masked[g]`` of them, counted exactly) all key
+    lowest, so the guess is a quantile of the sample's alive entries alone:
+    where most entries are masked out (a sparse mask's active weights), a
+    margin sized for the whole sample would be several times too wide.
     """
     los, his = [], []
     for g, m in enumerate(members):
         stride = max(1, sizes[g] // _SAMPLE)
         sample = jnp.sort(jnp.concatenate([order_keys(*_sample_pair(floats[i], alive[i], stride)) for i in m]))
         n = sample.shape[0]
-        rank = want[g].astype(jnp.float32) * (n / sizes[g])
-        p = rank / n
-        margin = _BRACKET_SIGMAS * jnp.sqrt(n * p * (1 - p)) + 2.0
+        out = jnp.sum(sample == _U32(_MASKED)).astype(jnp.float32)  # the sorted sample's masked-out head
+        alive_sample = n - out
+        q = jnp.clip((want[g].astype(jnp.float32) - masked[g]) / jnp.maximum(sizes[g] - masked[g], 1), 0.0, 1.0)
+        rank = out + q * alive_sample
+        margin = _BRACKET_SIGMAS * jnp.sqrt(alive_sample * q * (1 - q)) + 2.0
         r_lo = jnp.floor(rank - margin).astype(jnp.int32) - 1
         r_hi = jnp.ceil(rank + margin).astype(jnp.int32)
         los.append(jnp.where(r_lo < 0, _U32(0), sample[jnp.clip(r_lo, 0, n - 1)]))

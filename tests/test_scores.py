@@ -25,6 +25,25 @@ def test_random_is_keyed_uniform_and_independent_per_leaf():
     assert abs(float(s1["a"].mean()) - 0.5) < 0.02
 
 
+def test_hash_generator_is_keyed_uniform_and_independent_per_leaf():
+    params = {"a": jnp.zeros((256, 256)), "b": jnp.zeros((256, 256)), "skip": None}
+    s1 = jp.random(jax.random.key(0), params, generator="hash")
+    np.testing.assert_array_equal(s1["a"], jp.random(jax.random.key(0), params, generator="hash")["a"])
+    assert s1["skip"] is None
+    other = jp.random(jax.random.key(1), params, generator="hash")["a"]
+    a = np.asarray(s1["a"]).ravel()
+    assert 0.0 <= a.min() and a.max() < 1.0
+    # 24 random bits per entry: equal bins hold equal counts (chi-square, 63 dof, p ~ 1e-4 cut-off), and
+    # neighbouring positions, the other leaf and another key are uncorrelated.
+    counts = np.bincount((a * 64).astype(int), minlength=64)
+    expected = a.size / 64
+    assert ((counts - expected) ** 2 / expected).sum() < 110
+    for x, y in [(a[:-1], a[1:]), (a, np.asarray(s1["b"]).ravel()), (a, np.asarray(other).ravel())]:
+        assert abs(np.corrcoef(x, y)[0, 1]) < 0.02
+    with pytest.raises(ValueError, match="`generator` must be one of"):
+        jp.random(jax.random.key(0), params, generator="philox")
+
+
 def test_saliency_is_abs_weight_times_grad():
     params = {"w": jnp.array([[1.0, -2.0], [3.0, 0.5]])}
     grads = {"w": jnp.array([[0.5, 0.5], [-1.0, 4.0]])}

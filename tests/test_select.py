@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxprune.counts import round_mul
-from jaxprune.select import count_true, lowest_k
+from jaxprune.select import Lazy, count_true, lowest_k
 
 TINY = np.finfo(np.float32).tiny
 SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 1e-40, -1e-40, TINY, -TINY, 2.5], np.float32)
@@ -68,6 +68,30 @@ def test_large_leaf_uses_the_sampled_bracket_and_stays_exact():
     alive = [rng.random(s.shape) > 0.1 for s in scores]
     for k in [0, 1, 12345, 100000, 217600 - 1, 217600]:
         check(scores, alive, [0, 0], [k])
+
+
+def test_mostly_masked_out_large_groups_stay_exact():
+    # A sparse mask's active weights (RigL's drop step): 5% alive, so the sampled bracket is taken among the
+    # alive sample entries only. Per-leaf groups, k reaching into the alive entries and at both ends.
+    rng = np.random.default_rng(5)
+    scores = [
+        rng.standard_normal((256, 320)).astype(np.float32),
+        np.abs(rng.standard_normal((300, 300))).astype(np.float32),
+    ]
+    alive = [rng.random(s.shape) < 0.05 for s in scores]
+    masked = [int((~a).sum()) for a in alive]
+    for extra in [0, 1, 37, 400, int(alive[0].sum())]:
+        check(scores, alive, [0, 1], [masked[0] + extra, masked[1] + min(extra, int(alive[1].sum()))])
+
+
+def test_lazy_scores_select_what_the_computed_scores_select():
+    rng = np.random.default_rng(6)
+    w = [rng.integers(-4, 5, (300, 400)).astype(np.float32), rng.standard_normal((50, 7)).astype(np.float32)]
+    alive = [rng.random(x.shape) > 0.3 for x in w]
+    k = jnp.asarray([60000, 100], jnp.uint32)
+    lazy = jax.jit(lambda w, a: lowest_k([Lazy(lambda x: -jnp.abs(x), (x,)) for x in w], a, (0, 1), k))(w, alive)
+    for got, want in zip(lazy, reference([-np.abs(x) for x in w], alive, [0, 1], k)):
+        np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def test_per_group_selection():

@@ -113,7 +113,7 @@ def test_drop_and_grow_match_the_reference_and_conserve_every_layer(method_cls):
         chex.assert_trees_all_equal(update(state, t), state)
     new = update(state, 30)
     assert int(new.count) == 1
-    grow = jp.random(key, params) if method_cls is jp.SET else jp.magnitude(grads)
+    grow = jp.random(key, params, generator="hash") if method_cls is jp.SET else jp.magnitude(grads)
     fraction = float(method.fraction(jnp.int32(30)))  # the float32 value the update uses
     for k in ("l0", "l1", "out"):
         old_m = state.masks[k]["kernel"]
@@ -122,6 +122,28 @@ def test_drop_and_grow_match_the_reference_and_conserve_every_layer(method_cls):
         np.testing.assert_array_equal(np.asarray(new.masks[k]["kernel"]).reshape(-1), expected, err_msg=k)
         assert int(new.masks[k]["kernel"].sum()) == active  # exactly conserved
         assert int((new.masks[k]["kernel"] & ~old_m).sum()) > 0  # and something really moved
+
+
+def test_set_regrows_each_candidate_with_equal_probability():
+    # One 32 x 32 layer, the drop deterministic: over 300 keys every connection not kept by the drop step is
+    # regrown with probability n_move / candidates, and regrowths under different keys are independent.
+    params = {"l": {"kernel": jax.random.normal(jax.random.key(0), (32, 32))}}
+    method = jp.SET(0.5, distribution="uniform", every=1, end=10**6, drop_fraction=0.5)
+    state = method.init(params, jax.random.key(1))
+    keys = jax.random.split(jax.random.key(2), 300)
+    new = np.asarray(jax.jit(jax.vmap(lambda k: method.update(state, params, 1, key=k).masks["l"]["kernel"]))(keys))
+    old = np.asarray(state.masks["l"]["kernel"])
+    kept = new.all(axis=0)  # the drop step's survivors are in every draw
+    assert kept.sum() == 256 and (kept <= old).all()
+    regrown = new[:, ~kept]
+    n_move = 512 - 256
+    assert (regrown.sum(axis=1) == n_move).all()
+    p = n_move / regrown.shape[1]
+    counts = regrown.sum(axis=0)
+    chi2 = ((counts - 300 * p) ** 2 / (300 * p * (1 - p))).sum()  # ~ chi-square with 768 dof: 768 +- 39
+    assert chi2 < 768 + 5 * 39
+    overlap = (regrown[0] & regrown[1]).sum()  # hypergeometric: mean 85.3, sd ~6.5
+    assert abs(overlap - n_move * p) < 5 * 6.5
 
 
 def train(method, params, steps, state=None, opt_state=None, start=0):

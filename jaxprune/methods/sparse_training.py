@@ -14,6 +14,7 @@ the pruned weights stay exactly zero.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -30,7 +31,7 @@ from jaxprune.distributions import Distribution
 from jaxprune.masks import Where, init_masks
 from jaxprune.pruning import prune
 from jaxprune.schedules import as_step
-from jaxprune.select import count_true, lowest_k
+from jaxprune.select import Lazy, count_true, lowest_k
 
 _SCORES = ("random", "magnitude")
 
@@ -141,8 +142,12 @@ class _DropAndGrow:
         """Random masks with the distribution's share per leaf, as ``StaticSparse(score="random")``."""
         return self._init.init(params, key)
 
-    def _grow_scores(self, params: PyTree, grads: PyTree | None, key: jax.Array | None) -> PyTree:
-        """Scores of the candidates for regrowth, with the params' structure (higher grows first)."""
+    def _grow_scores(self, params: PyTree, grads: PyTree | None, key: jax.Array | None) -> list[Lazy | None]:
+        """Regrowth scores, one per leaf of ``params`` in flatten order (higher grows first).
+
+        ``Lazy`` scores are computed inside each pass of the selection rather
+        than stored: on 100M weights a stored score costs as much as several passes.
+        """
         raise NotImplementedError
 
     def update(
@@ -164,7 +169,7 @@ class _DropAndGrow:
         due = (step % self.every == 0) & (step > 0) & (step < self.end)
 
         def move(masks):  # traced with the call (bad grads or key raise then), run only when due
-            grow, _ = leaves_with_paths(self._grow_scores(params, grads, key))
+            grow = self._grow_scores(params, grads, key)
             weights = [p_flat[i][1] for i in live]
             old = [masks[i] for i in live]
             groups = tuple(range(len(live)))
@@ -172,10 +177,10 @@ class _DropAndGrow:
             sizes = jnp.asarray([m.size for m in old], jnp.uint32)
             n_move = round_mul(self.fraction(step), active)
             # Drop: the n_move smallest |w| among the active (inactive entries rank below every score).
-            marked = lowest_k([jnp.abs(w) for w in weights], old, groups, sizes - active + n_move)
+            marked = lowest_k([Lazy(jnp.abs, (w,)) for w in weights], old, groups, sizes - active + n_move)
             kept = [m & ~d for m, d in zip(old, marked)]
             # Grow: the n_move best-scoring among the rest (kept entries rank first, as "masked out").
-            grown = lowest_k([-grow[i][1] for i in live], [~k for k in kept], groups, active)
+            grown = lowest_k([_negated(grow[i]) for i in live], [~k for k in kept], groups, active)
             new = list(masks)
             for i, k, g in zip(live, kept, grown):
                 new[i] = k | g
@@ -183,6 +188,10 @@ class _DropAndGrow:
 
         masks = lax.cond(due, move, lambda m: list(m), list(m_leaves))
         return SparseState(unflatten(treedef, masks), state.count + due.astype(jnp.int32))
+
+
+def _negated(score: Lazy) -> Lazy:
+    return Lazy(lambda *args: -score.fn(*args), score.args)
 
 
 class SET(_DropAndGrow):
@@ -211,7 +220,15 @@ class SET(_DropAndGrow):
     def _grow_scores(self, params, grads, key):
         if key is None:
             raise TypeError(f"SET.update needs `key=` to regrow at random; {KEY_HELP}.")
-        return scores_lib.random(check_key(key), params)
+        # The draws of ``jp.random(key, params, generator="hash")``, computed inside the selection's passes:
+        # a fresh uniform score for every weight at every update would cost 2.5 global prunes with threefry.
+        flat, _ = leaves_with_paths(params)
+        keys = jax.random.split(check_key(key), max(len(flat), 1))
+
+        def draw(k, p):
+            return Lazy(functools.partial(scores_lib.hash_uniform, shape=jnp.shape(p)), (jax.random.bits(k, (2,)),))
+
+        return [None if p is None else draw(k, p) for k, (_, p) in zip(keys, flat)]
 
 
 class RigL(_DropAndGrow):
@@ -234,4 +251,4 @@ class RigL(_DropAndGrow):
         if grads is None:
             raise ValueError("RigL.update needs `grads=`: the dense gradient of the loss (see the class docstring).")
         check_shapes_match(params, grads, tree_name="grads")
-        return scores_lib.magnitude(grads)
+        return [None if g is None else Lazy(jnp.abs, (g,)) for _, g in leaves_with_paths(grads)[0]]
