@@ -20,6 +20,7 @@ from jaxprune.masks import (
 )
 from jaxprune.methods.pruner import Pruner, PrunerState, rewind
 from jaxprune.methods.sparse_training import SET, RigL, SparseState, StaticSparse
+from jaxprune.methods.straight_through import StraightThrough
 from jaxprune.nn.dropouts import (
     MCPrediction,
     concrete_dropout,
@@ -53,6 +54,7 @@ __all__ = [
     "RigL",
     "SparseState",
     "StaticSparse",
+    "StraightThrough",
     "Structured",
     "Summary",
     "UnitAxis",

@@ -19,4 +19,7 @@ here and one line in ``jaxprune/__init__.py``.
   every ``every`` steps each layer drops its smallest active weights and
   regrows as many (at random, or by the largest dense gradient), conserving
   each layer's count exactly.
+* ``straight_through.StraightThrough``: masks recomputed from the dense
+  weights at the scheduled target on every update, trained through with
+  straight-through gradients; pruned weights can come back.
 """
