@@ -25,6 +25,18 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def interleaved_best(calls: dict, repeats: int) -> dict:
+    """Best seconds of each call over ``repeats`` rounds that interleave the calls, so a slow spell hits all alike.
+
+    Compile (or warm) each call before: the first round counts.
+    """
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for name, call in calls.items():
+            best[name] = min(best[name], best_of(call, 1))
+    return best
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:

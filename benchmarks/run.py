@@ -1,6 +1,6 @@
 """Runs every benchmark script in one go and prints one table of jaxprune against its peers.
 
-  python benchmarks/run.py            # full sizes (about 10 minutes on 2 CPU cores)
+  python benchmarks/run.py            # full sizes (about 15 minutes on 2 CPU cores)
   python benchmarks/run.py --quick    # small sizes, about a minute
 
 Writes benchmarks/results/latest.json (every script's results, with the
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, table
 
-SCRIPTS = ("global_topk", "train_step", "lstm", "export", "sparse_training")
+SCRIPTS = ("global_topk", "train_step", "lstm", "export", "sparse_training", "oneshot", "oneshot_memory")
 
 
 def rows_from(results: dict) -> list[list[str]]:
@@ -95,6 +95,27 @@ def rows_from(results: dict) -> list[list[str]]:
                     f"{t[key] / t['prune_s']:.2f}x of prune",
                 ]
             )
+    o = results.get("oneshot", {})
+    if o:
+        shape = "x".join(str(d) for d in o["kernel_shape"])
+        for name in ("sparsegpt 50%", "sparsegpt 2:4", "wanda 50%", "wanda 2:4"):
+            r = o.get(name)
+            if not r:
+                continue
+            method, pattern = name.split()
+            label = f"{'SparseGPT' if method == 'sparsegpt' else 'Wanda'} {pattern}, one {shape} kernel"
+            rows.append([label, "jaxprune", f"{r['jaxprune_s']:.3f} s", "1.00x"])
+            if "torch_s" in r:
+                t, ratio = r["torch_s"], r["torch_s"] / r["jaxprune_s"]
+                speed = f"{ratio:.2f}x slower" if ratio >= 1 else f"{1 / ratio:.2f}x faster"
+                rows.append(["", f"PyTorch, same mask on {r['mask_agreement']:.4%}", f"{t:.3f} s", speed])
+    mem = results.get("oneshot_memory", {})
+    if mem:
+        base = mem["runs"]["baseline"]["peak_rss"]
+        label = f"SparseGPT of a {mem['layers']}-block, width-{mem['dim']} transformer: peak memory"
+        for mode in ("sequential", "all at once"):
+            extra = (mem["runs"][mode]["peak_rss"] - base) / 2**20
+            rows.append([label if mode == "sequential" else "", mode, f"+{extra:.0f} MiB", ""])
     return rows
 
 

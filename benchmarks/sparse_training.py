@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import best_of, table, write
+from _common import interleaved_best, table, write
 
 import jaxprune as jp
 
@@ -67,6 +67,8 @@ def main(argv=None) -> dict:
         "RigL update (drop + regrow by |grad|)": lambda: rigl_update(state, params, grads),
         "SET update (drop + regrow at random)": lambda: set_update(state, params, jax.random.key(2)),
     }
+    for fn in calls.values():
+        jax.block_until_ready(fn())  # compile
     times = interleaved_best(calls, args.repeats)
     base = times["global prune to 90% (jp.prune)"]
     n = args.layers * args.size * args.size
@@ -145,18 +147,9 @@ def train_step_costs(steps: int, repeats: int) -> dict[str, float]:
         "RigL, update every step": sparse_run(jp.RigL(0.9, every=1, end=10 * steps)),
     }
     calls = {name: functools.partial(jax.jit(run), params) for name, run in runs.items()}
-    return {name: t / steps * 1e3 for name, t in interleaved_best(calls, repeats).items()}
-
-
-def interleaved_best(calls: dict, repeats: int) -> dict[str, float]:
-    """Best seconds per call after compiling each; rounds interleave the calls, so a slow spell hits all alike."""
     for call in calls.values():
         jax.block_until_ready(call())  # compile
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(repeats):
-        for name, call in calls.items():
-            best[name] = min(best[name], best_of(call, 1))
-    return best
+    return {name: t / steps * 1e3 for name, t in interleaved_best(calls, repeats).items()}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ A mask is a pytree of bool arrays beside the params (True = keep, None = not
 prunable); ``apply_mask`` inside a jitted step is all a model needs.
 """
 
-from jaxprune import distributions, schedules
+from jaxprune import distributions, oneshot, schedules
 from jaxprune.checkpoint import Checkpointer
 from jaxprune.export import Bitmap, compact, size_report, to_dense, to_sparse
 from jaxprune.masks import (
@@ -76,6 +76,7 @@ __all__ = [
     "masked_optimizer",
     "mc_predict",
     "mlp_units",
+    "oneshot",
     "pack_masks",
     "prune",
     "prune_units",

@@ -92,3 +92,14 @@ def test_sparse_training_quick(tmp_path, capsys):
     assert (tmp_path / "sparse_training.png").stat().st_size > 1000
     assert (tmp_path / "results.json").exists()
     assert "connections grown" in capsys.readouterr().out
+
+
+def test_transformer_oneshot_quick(tmp_path, capsys):
+    results = load("transformer_oneshot").main(["--quick", "--out", str(tmp_path)])
+    assert set(results) == {"dense", "magnitude 2:4", "wanda 2:4", "sparsegpt 2:4"}
+    for name, r in results.items():
+        assert math.isfinite(r["transformer"]) and math.isfinite(r["lstm"])
+        if name != "dense":  # 2:4 is exactly half of every pruned kernel
+            assert r["sparsity"] == 0.5 and r["lstm_sparsity"] == 0.5
+    assert (tmp_path / "transformer_oneshot.png").exists()
+    assert "validation bits per character" in capsys.readouterr().out

@@ -1,0 +1,184 @@
+"""Pruning a trained model once, layer by layer, from calibration data (as the Wanda and SparseGPT papers do).
+
+    params, masks = jp.oneshot.prune_lstm(params, calibration_batches, method="sparsegpt", sparsity=0.5)
+
+Sequential: layer ``l`` is pruned from statistics of its inputs as the layers
+before it, *already pruned*, produce them; then its pruned version produces
+the next layer's inputs. Within a layer every kernel is pruned from the dense
+layer's inputs (SparseGPT prunes a transformer block's sublayers the same
+way). Memory holds one layer's statistics at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune._checks import check_fraction
+from jaxprune._tree import PyTree
+from jaxprune.masks import init_masks
+from jaxprune.nn.recurrent import lstm
+from jaxprune.oneshot.kernels import sparsegpt, wanda
+from jaxprune.oneshot.stats import InputStats, accumulate, init_stats, input_norms
+from jaxprune.pruning import prune
+from jaxprune.structures import NM
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def _check_method(method: Any) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    return method
+
+
+def prune_kernel(
+    kernel: jax.Array,
+    stats: InputStats | None,
+    *,
+    method: str,
+    sparsity: float | None = None,
+    nm: tuple[int, int] | None = None,
+    in_axis: int = 0,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[jax.Array, jax.Array]:
+    """One kernel pruned by ``method``; returns ``(kernel, mask)`` with the pruned entries exactly 0.
+
+    ``"magnitude"``: the lowest ``|W|`` of the whole kernel (layer-wise, the
+    papers' baseline; ``stats`` unused, may be None), or N:M along the inputs.
+    ``"wanda"``: ``wanda`` with ``input_norms(stats)``. ``"sparsegpt"``:
+    ``sparsegpt`` with ``stats.hessian`` (the kept weights are updated).
+
+    Raises:
+      ValueError: an unknown ``method``, or ``stats`` without what it needs
+        (``None``, or no Hessian for SparseGPT); and whatever the method raises.
+    """
+    method = _check_method(method)
+    if method == "magnitude":
+        full = jnp.ones(jnp.shape(kernel), bool)
+        if nm is not None:
+            mask = prune(jnp.abs(kernel), full, structure=NM(nm[0], nm[1], axis=in_axis))
+        else:
+            mask = _magnitude_mask(kernel, check_fraction("sparsity", sparsity))
+        return jnp.where(mask, kernel, 0).astype(kernel.dtype), mask
+    if stats is None:
+        raise ValueError(f"method={method!r} needs the layer's input statistics (`stats`), got None.")
+    if method == "wanda":
+        mask = wanda(kernel, input_norms(stats), sparsity=sparsity, nm=nm, in_axis=in_axis)
+        return jnp.where(mask, kernel, 0).astype(kernel.dtype), mask
+    if stats.hessian is None:
+        raise ValueError("method='sparsegpt' needs `stats` collected with hessian=True (X^T X).")
+    return sparsegpt(
+        kernel, stats.hessian, sparsity=sparsity, nm=nm, blocksize=blocksize, percdamp=percdamp, in_axis=in_axis
+    )
+
+
+def prune_lstm(
+    params: PyTree,
+    batches: jax.Array | Sequence[jax.Array],
+    *,
+    method: str = "sparsegpt",
+    sparsity: float | None = None,
+    nm: tuple[int, int] | None = None,
+    batch_first: bool = False,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[PyTree, PyTree]:
+    """Prunes every ``w_ih`` and ``w_hh`` of a ``jp.lstm`` model once, layer by layer, from calibration sequences.
+
+    For layer ``l`` (both directions when bidirectional): ``w_ih`` is pruned
+    from the layer's input sequence, as the pruned layers below produce it;
+    ``w_hh`` of each direction from the hidden states ``h_{t-1}`` that the
+    dense layer's scan feeds it (the zero initial state adds nothing). Then
+    the pruned layer runs on the calibration data to give the next layer's
+    inputs. Counts are per kernel as the method defines them (per output for
+    Wanda, per block for SparseGPT, per kernel for magnitude), each exact.
+
+    Args:
+      params: ``init_lstm`` params (``layer_i``, ``layer_i_reverse``).
+      batches: calibration inputs: one ``[time, batch, input]`` array or a
+        sequence of them (``[batch, time, input]`` with ``batch_first``).
+      method: ``"sparsegpt"`` (default), ``"wanda"`` or ``"magnitude"``.
+      sparsity, nm: the target, exactly one of them (as in ``wanda``/``sparsegpt``).
+      batch_first: the layout of ``batches``.
+      blocksize, percdamp: SparseGPT's, as in ``sparsegpt``.
+
+    Returns:
+      ``(params, masks)``: params with the pruned weights exactly 0 (and the
+      kept ones updated, for SparseGPT), masks as ``init_masks(params)``
+      shapes them (biases ``None``), ready for ``finalize``, ``summary``,
+      ``Checkpointer`` or fine-tuning with ``masked_optimizer``.
+
+    Raises:
+      ValueError, TypeError: a bad ``method`` or target, ``batches`` empty
+        or not fitting the params (``lstm``'s checks name what is wrong).
+    """
+    method = _check_method(method)
+    batches = [batches] if hasattr(batches, "shape") else list(batches)
+    if not batches:
+        raise ValueError("`batches` must hold at least one calibration batch, got none.")
+    for b in batches:  # lstm's checks, on shapes only: nothing runs
+        jax.eval_shape(lambda p, x: lstm(p, x, batch_first=batch_first), params, b)
+    if batch_first:
+        batches = [jnp.swapaxes(b, 0, 1) for b in batches]
+    suffixes = [""] + (["_reverse"] if "layer_0_reverse" in params else [])
+    num_layers = sum(1 for k in params if k.startswith("layer_") and not k.endswith("_reverse"))
+    hessian = method == "sparsegpt"
+    target = {"method": method, "sparsity": sparsity, "nm": nm, "blocksize": blocksize, "percdamp": percdamp}
+    for shape in {params[f"layer_{i}"][w].shape for i in range(num_layers) for w in ("w_ih", "w_hh")}:
+        # The target's checks (range, N:M divisibility of every input width), on shapes only.
+        kernel = jax.ShapeDtypeStruct(shape, jnp.float32)
+        stats = jax.eval_shape(lambda n=shape[1]: init_stats(n, hessian=hessian))
+        jax.eval_shape(lambda k, s: prune_kernel(k, s, in_axis=1, **target), kernel, stats)
+    new_params = dict(params)
+    new_masks = dict(init_masks(params))
+    inputs = batches
+    for layer in range(num_layers):
+        names = [f"layer_{layer}{s}" for s in suffixes]
+        single = {f"layer_0{s}": params[n] for s, n in zip(suffixes, names)}
+        hidden = single["layer_0"]["w_hh"].shape[1]
+        ih, hh = _layer_stats(single, inputs, hidden, len(suffixes), hessian)
+        for d, name in enumerate(names):
+            w_ih, m_ih = prune_kernel(params[name]["w_ih"], ih, in_axis=1, **target)
+            w_hh, m_hh = prune_kernel(params[name]["w_hh"], hh[d], in_axis=1, **target)
+            new_params[name] = {**params[name], "w_ih": w_ih, "w_hh": w_hh}
+            new_masks[name] = {**new_masks[name], "w_ih": m_ih, "w_hh": m_hh}
+        pruned = {f"layer_0{s}": new_params[n] for s, n in zip(suffixes, names)}
+        inputs = [_run_layer(pruned, x) for x in inputs]
+    return new_params, new_masks
+
+
+@jax.jit
+def _magnitude_mask(kernel: jax.Array, sparsity: jax.Array) -> jax.Array:
+    return prune(jnp.abs(kernel), jnp.ones(kernel.shape, bool), sparsity=sparsity)
+
+
+@jax.jit
+def _run_layer(single: PyTree, xs: jax.Array) -> jax.Array:
+    return lstm(single, xs)[0]
+
+
+def _layer_stats(
+    single: PyTree, inputs: list[jax.Array], hidden: int, directions: int, hessian: bool
+) -> tuple[InputStats, list[InputStats]]:
+    """Statistics of one layer's ``w_ih`` inputs and of each direction's ``w_hh`` inputs, over every batch."""
+    ih = init_stats(inputs[0].shape[-1], hessian=hessian)
+    hh = [init_stats(hidden, hessian=hessian) for _ in range(directions)]
+    for xs in inputs:
+        ih, hh = _add_layer_inputs(single, ih, hh, xs, hidden, directions)
+    return ih, hh
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _add_layer_inputs(single, ih, hh, xs, hidden, directions):
+    outputs = lstm(single, xs)[0]  # [T, B, directions * hidden]: h_t of each direction
+    hh = list(hh)
+    hh[0] = accumulate(hh[0], outputs[:-1, :, :hidden])  # forward: step t reads h_{t-1}
+    if directions == 2:
+        hh[1] = accumulate(hh[1], outputs[1:, :, hidden:])  # reverse: step t reads h_{t+1}
+    return accumulate(ih, xs), hh
