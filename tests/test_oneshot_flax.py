@@ -137,3 +137,13 @@ def test_multi_head_attention_projections_are_recorded_and_pruned():
         ).reshape(kernel.shape)
         np.testing.assert_array_equal(masks["attn"][name]["kernel"][...], want, err_msg=name)
         assert float(jnp.mean(getattr(block.attn, name).kernel[...] == 0)) == 0.5
+
+
+def test_nnx_prune_blocks_checks_the_target_before_any_work():
+    blocks = [Block(nnx.Rngs(0))]  # inputs 6 (up) and 12 (down)
+    before = np.asarray(blocks[0].up.kernel[...])
+    with pytest.raises(ValueError, match="6 inputs are not divisible by m=4"):
+        nnx_prune_blocks(blocks, batches(), method="sparsegpt", nm=(2, 4))
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        nnx_prune_blocks(blocks, batches(), method="obs", sparsity=0.5)
+    np.testing.assert_array_equal(blocks[0].up.kernel[...], before)

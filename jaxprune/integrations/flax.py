@@ -22,6 +22,7 @@ every ``nnx.Linear`` / ``nn.Dense`` saw on calibration batches, for
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from flax.training import train_state
 
 from jaxprune.masks import Where, apply_mask, init_masks
 from jaxprune.methods.pruner import Pruner, PrunerState
-from jaxprune.oneshot.sequential import prune_kernel
+from jaxprune.oneshot.sequential import check_target, prune_kernel
 from jaxprune.oneshot.stats import InputStats, accumulate, init_stats
 from jaxprune.optim import masked_optimizer
 
@@ -110,6 +111,13 @@ def _nnx_add(graphdef: Any, forward: Callable, state: Any, stats: dict, batch: A
     return _add_all(stats, _nnx_record(graphdef, forward, state, batch))
 
 
+def _in_out(node: nnx.Module) -> tuple[int, int]:
+    """A Linear's kernel as ``[in, out]``: a LinearGeneral contracts its kernel's first ``len(axis)`` axes."""
+    shape = node.kernel.shape
+    n = len(node.axis) if isinstance(node, nnx.LinearGeneral) else 1
+    return math.prod(shape[:n]), math.prod(shape[n:])
+
+
 def _call_block(block: nnx.Module, x: Any) -> Any:
     return block(x)
 
@@ -153,6 +161,10 @@ def nnx_prune_blocks(
     """
     call = call or _call_block
     inputs = list(inputs)
+    target = {"method": method, "sparsity": sparsity, "nm": nm, "blocksize": blocksize, "percdamp": percdamp}
+    check_target(
+        [_in_out(node) for block in blocks for _, node in nnx.iter_graph(block) if isinstance(node, _LINEARS)], **target
+    )
     out = []
     for block in blocks:
         stats = nnx_input_stats(block, call, inputs, hessian=method == "sparsegpt")
@@ -161,7 +173,6 @@ def nnx_prune_blocks(
             name = _join(path)
             if not isinstance(node, _LINEARS) or name not in stats:
                 continue
-            target = {"method": method, "sparsity": sparsity, "nm": nm, "blocksize": blocksize, "percdamp": percdamp}
             shape = node.kernel.shape  # [in..., out...]: as [in, out] for pruning, then back
             flat = node.kernel[...].reshape(stats[name].sq_norms.shape[0], -1)
             kernel, mask = prune_kernel(flat, stats[name], **target)

@@ -221,7 +221,7 @@ class SET(_DropAndGrow):
         if key is None:
             raise TypeError(f"SET.update needs `key=` to regrow at random; {KEY_HELP}.")
         # The draws of ``jp.random(key, params, generator="hash")``, computed inside the selection's passes:
-        # a fresh uniform score for every weight at every update would cost 2.5 global prunes with threefry.
+        # a fresh uniform score for every weight at every update would cost about 3 global prunes with threefry.
         flat, _ = leaves_with_paths(params)
         keys = jax.random.split(check_key(key), max(len(flat), 1))
 

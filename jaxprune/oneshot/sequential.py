@@ -78,6 +78,18 @@ def prune_kernel(
     )
 
 
+def check_target(shapes: Sequence[tuple[int, int]], **target: Any) -> None:
+    """Runs ``prune_kernel``'s checks of ``target`` for kernels of these ``[in, out]`` shapes, tracing only.
+
+    So a bad method, range or N:M width raises before any calibration work.
+    """
+    method = _check_method(target.get("method"))
+    for n_in, n_out in set(shapes):
+        kernel = jax.ShapeDtypeStruct((n_in, n_out), jnp.float32)
+        stats = jax.eval_shape(lambda n=n_in: init_stats(n, hessian=method == "sparsegpt"))
+        jax.eval_shape(lambda k, s: prune_kernel(k, s, **target), kernel, stats)
+
+
 def prune_lstm(
     params: PyTree,
     batches: jax.Array | Sequence[jax.Array],
@@ -130,11 +142,8 @@ def prune_lstm(
     num_layers = sum(1 for k in params if k.startswith("layer_") and not k.endswith("_reverse"))
     hessian = method == "sparsegpt"
     target = {"method": method, "sparsity": sparsity, "nm": nm, "blocksize": blocksize, "percdamp": percdamp}
-    for shape in {params[f"layer_{i}"][w].shape for i in range(num_layers) for w in ("w_ih", "w_hh")}:
-        # The target's checks (range, N:M divisibility of every input width), on shapes only.
-        kernel = jax.ShapeDtypeStruct(shape, jnp.float32)
-        stats = jax.eval_shape(lambda n=shape[1]: init_stats(n, hessian=hessian))
-        jax.eval_shape(lambda k, s: prune_kernel(k, s, in_axis=1, **target), kernel, stats)
+    shapes = {params[f"layer_{i}"][w].shape[::-1] for i in range(num_layers) for w in ("w_ih", "w_hh")}
+    check_target(shapes, **target)
     new_params = dict(params)
     new_masks = dict(init_masks(params))
     inputs = batches
