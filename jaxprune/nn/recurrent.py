@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxprune._checks import KEY_HELP, check_float_array, check_int, check_key
@@ -200,6 +201,25 @@ def _check_inputs(dims: _Dims, xs: Any, initial_state: Any, batch_first: bool) -
         _check_dtype(name, state, dims)
 
 
+def _check_lengths(lengths: Any, xs: jax.Array, batch_first: bool) -> None:
+    """``lengths``: None, or ints ``[batch]`` in [0, time] (the range is checked where the values are concrete)."""
+    if lengths is None:
+        return
+    time, batch = (xs.shape[1], xs.shape[0]) if batch_first else (xs.shape[0], xs.shape[1])
+    dtype = getattr(lengths, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+        what = f"dtype {dtype}" if dtype is not None else f"{type(lengths).__name__}"
+        raise TypeError(f"`lengths` must be an int array [batch], got {what}.")
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(f"`lengths` must have shape ({batch},) (one length per sequence), got {tuple(lengths.shape)}.")
+    if not isinstance(lengths, jax.core.Tracer):
+        values = np.asarray(lengths)
+        bad = (values < 0) | (values > time)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"`lengths` must be in [0, {time}] (the timesteps), got lengths[{i}] = {values[i]}.")
+
+
 def _active(rate: float | jax.Array) -> bool:
     """Whether a checked rate may be non-zero (a traced one may be)."""
     return isinstance(rate, jax.core.Tracer) or float(rate) != 0.0
@@ -215,6 +235,7 @@ def lstm(
     deterministic: bool = False,
     initial_state: tuple[jax.Array, jax.Array] | None = None,
     batch_first: bool = False,
+    lengths: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Runs the LSTM over a sequence.
 
@@ -231,6 +252,12 @@ def lstm(
       initial_state: ``(h0, c0)``, each ``[layers * directions, batch, hidden]``
         of the params' dtype; zeros if None.
       batch_first: as in PyTorch (``initial_state`` and ``(h_n, c_n)`` stay batch second, as there).
+      lengths: int ``[batch]``, each sequence's number of valid steps (0 to
+        time), or None for all. Past its length a sequence's outputs are 0
+        and its state stops changing, so ``(h_n, c_n)`` are the states at its
+        last valid step, and the reverse direction starts at that step: what
+        PyTorch gives with ``pack_padded_sequence`` (sorted or not), ``nn.LSTM``
+        and ``pad_packed_sequence``.
 
     Returns:
       ``outputs`` (``[time, batch, directions * hidden]``, or batch first) and
@@ -248,6 +275,7 @@ def lstm(
     """
     dims = _check_params(params)
     _check_inputs(dims, xs, initial_state, batch_first)
+    _check_lengths(lengths, xs, batch_first)
     if dropout is not None and not isinstance(dropout, RNNDropout):
         raise TypeError(f"`dropout` must be a jp.RNNDropout(...) or None, got {type(dropout).__name__} {dropout!r}.")
     rates = dropout or RNNDropout()
@@ -271,6 +299,7 @@ def lstm(
         zeros = jnp.zeros((num_layers * directions, batch, hidden), xs.dtype)
         initial_state = (zeros, zeros)
     h0, c0 = initial_state
+    valid = None if lengths is None else (jnp.arange(xs.shape[0])[:, None] < lengths[None, :])[..., None]
     h_n, c_n = [], []
     for i, names in enumerate(_layer_names(num_layers, directions == 2)):
         if _active(rates.input):
@@ -285,12 +314,12 @@ def lstm(
             if _active(rates.hidden) and not deterministic:
                 h_mask = locked_dropout(next_key(), jnp.ones((1, batch, hidden), xs.dtype), rates.hidden)[0]
             z_key = next_key() if _active(rates.zoneout) else None
-            seq = xs[::-1] if d == 1 else xs
+            seq = _reversed(xs, lengths) if d == 1 else xs
             out, (h, c) = _scan_layer(
                 seq, p["w_ih"], w_hh, p["b_ih"] + p["b_hh"], h0[i * directions + d], c0[i * directions + d],
-                h_mask, rates.zoneout, z_key, deterministic,
+                h_mask, rates.zoneout, z_key, deterministic, valid,
             )  # fmt: skip
-            outs.append(out[::-1] if d == 1 else out)
+            outs.append(_reversed(out, lengths) if d == 1 else out)
             h_n.append(h)
             c_n.append(c)
         xs = jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
@@ -301,27 +330,45 @@ def lstm(
     return xs, (jnp.stack(h_n), jnp.stack(c_n))
 
 
-def _scan_layer(xs, w_ih, w_hh, bias, h0, c0, h_mask, zoneout_rate, z_key, deterministic):
-    """One direction of one layer: the input projection as one matmul, then the recurrence."""
+def _reversed(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
+    """Each sequence's valid steps in reverse order (steps past its length stay where they are).
+
+    Its own inverse: the reverse direction reads ``_reversed(xs)`` and its
+    outputs are put back in time order by ``_reversed`` again.
+    """
+    if lengths is None:
+        return xs[::-1]
+    t = jnp.arange(xs.shape[0])[:, None]
+    index = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [time, batch]
+    return jnp.take_along_axis(xs, index[..., None], axis=0)
+
+
+def _scan_layer(xs, w_ih, w_hh, bias, h0, c0, h_mask, zoneout_rate, z_key, deterministic, valid=None):
+    """One direction of one layer: the input projection as one matmul, then the recurrence.
+
+    ``valid`` (bool ``[time, batch, 1]``, or None for every step): past a
+    sequence's length its state is held and its outputs are 0.
+    """
     gates_x = jnp.einsum("tbi,gi->tbg", xs, w_ih) + bias
     w_hh_t = w_hh.T  # [hidden, 4 * hidden], transposed once outside the loop
     if not _active(zoneout_rate):
         mask = jnp.ones_like(h0) if h_mask is None else jnp.broadcast_to(h_mask, h0.shape).astype(h0.dtype)
-        out, h, c = _recurrence(gates_x, w_hh_t, h0, c0, mask)
+        out, h, c = _recurrence(gates_x, w_hh_t, h0, c0, mask, valid)
         return out, (h, c)
     steps = jnp.arange(xs.shape[0])
+    every = jnp.ones((xs.shape[0], 1, 1), bool) if valid is None else valid
 
     def step(carry, inputs):
         h, c = carry
-        gx, t = inputs
+        gx, t, v = inputs
         h_new, c_new, _ = _cell(gx, h, c, w_hh_t, h_mask)
         k = None if z_key is None else jax.random.fold_in(z_key, t)
         kh, kc = (None, None) if k is None else jax.random.split(k)
-        h_new = zoneout(kh, h, h_new, zoneout_rate, deterministic=deterministic)
-        c_new = zoneout(kc, c, c_new, zoneout_rate, deterministic=deterministic)
-        return (h_new, c_new), h_new
+        h_new = jnp.where(v, zoneout(kh, h, h_new, zoneout_rate, deterministic=deterministic), h)
+        c_new = jnp.where(v, zoneout(kc, c, c_new, zoneout_rate, deterministic=deterministic), c)
+        return (h_new, c_new), jnp.where(v, h_new, 0.0).astype(h_new.dtype)
 
-    (h, c), out = lax.scan(step, (h0, c0), (gates_x, steps))
+    (h, c), out = lax.scan(step, (h0, c0), (gates_x, steps, every))
     return out, (h, c)
 
 
@@ -353,17 +400,26 @@ def _cell(gx, h, c, w_hh_t, mask):
     return h, c, a
 
 
-def _recurrence_forward(gates_x, w_hh_t, h0, c0, mask):
-    def step(carry, gx):
-        h, c, a = _cell(gx, *carry, w_hh_t, mask)
-        return (h, c), (h, c, a)
+def _held_step(gx, h, c, w_hh_t, mask, v):
+    """One step that only advances where ``v`` (None: everywhere): ``(h, c, activations, output)``."""
+    h_new, c_new, a = _cell(gx, h, c, w_hh_t, mask)
+    if v is None:
+        return h_new, c_new, a, h_new
+    return jnp.where(v, h_new, h), jnp.where(v, c_new, c), a, jnp.where(v, h_new, 0.0).astype(h_new.dtype)
 
-    (h, c), (hs, cs, acts) = lax.scan(step, (h0, c0), gates_x)
-    return (hs, h, c), (w_hh_t, h0, c0, mask, hs, cs, acts)
+
+def _recurrence_forward(gates_x, w_hh_t, h0, c0, mask, valid):
+    def step(carry, inputs):
+        gx, v = inputs
+        h, c, a, out = _held_step(gx, *carry, w_hh_t, mask, v)
+        return (h, c), (out, h, c, a)
+
+    (h, c), (outs, hs, cs, acts) = lax.scan(step, (h0, c0), (gates_x, valid))
+    return (outs, h, c), (w_hh_t, h0, c0, mask, valid, hs, cs, acts)
 
 
 @jax.custom_vjp
-def _recurrence(gates_x, w_hh_t, h0, c0, mask):
+def _recurrence(gates_x, w_hh_t, h0, c0, mask, valid):
     """The LSTM recurrence given the input part of the gates: ``(outputs, h_T, c_T)``.
 
     A custom VJP, because JAX's derivative of the scan accumulates the
@@ -371,29 +427,33 @@ def _recurrence(gates_x, w_hh_t, h0, c0, mask):
     and a thin matmul per timestep). Here the backward scan only carries
     (dh, dc) and emits each step's gate gradients; the weight gradient is
     then one matmul over all timesteps at once, as cuDNN and PyTorch do it.
+    ``valid`` (``[time, batch, 1]`` bool, or None): where False the state is
+    held and the output is 0, so there the backward passes (dh, dc) through
+    and the gate gradients are 0.
     """
 
-    def step(carry, gx):
-        h, c, _ = _cell(gx, *carry, w_hh_t, mask)
-        return (h, c), h
+    def step(carry, inputs):
+        gx, v = inputs
+        h, c, _, out = _held_step(gx, *carry, w_hh_t, mask, v)
+        return (h, c), out
 
-    (h, c), hs = lax.scan(step, (h0, c0), gates_x)  # inference keeps no residuals
-    return hs, h, c
+    (h, c), outs = lax.scan(step, (h0, c0), (gates_x, valid))  # inference keeps no residuals
+    return outs, h, c
 
 
 def _recurrence_bwd(residuals, cotangents):
-    w_hh_t, h0, c0, mask, hs, cs, acts = residuals
+    w_hh_t, h0, c0, mask, valid, hs, cs, acts = residuals
     d_out, d_h, d_c = cotangents
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
     w_t = w_hh_t.T  # [4 * hidden, hidden], once outside the loop
 
     def step(carry, inputs):
-        dh, dc = carry
-        d_out_t, a, c, c_before = inputs
+        dh_next, dc_next = carry
+        d_out_t, a, c, c_before, v = inputs
         i, f, g, o = jnp.split(a, 4, axis=-1)
         tanh_c = jnp.tanh(c)
-        dh = dh + d_out_t
-        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        dh = dh_next + d_out_t
+        dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
         dz = jnp.concatenate(
             [
                 dc * g * i * (1.0 - i),
@@ -403,12 +463,18 @@ def _recurrence_bwd(residuals, cotangents):
             ],
             axis=-1,
         )
-        return ((dz @ w_t) * mask, dc * f), dz
+        dh_prev, dc_prev = (dz @ w_t) * mask, dc * f
+        if v is not None:  # a held step: the state's gradient passes through, the gates get none
+            dz = jnp.where(v, dz, 0.0).astype(dz.dtype)
+            dh_prev = jnp.where(v, dh_prev, dh_next)
+            dc_prev = jnp.where(v, dc_prev, dc_next)
+        return (dh_prev, dc_prev), dz
 
-    (dh0, dc0), dzs = lax.scan(step, (d_h, d_c), (d_out, acts, cs, c_prev), reverse=True)
+    (dh0, dc0), dzs = lax.scan(step, (d_h, d_c), (d_out, acts, cs, c_prev, valid), reverse=True)
     h_prev = jnp.concatenate([h0[None], hs[:-1]]) * mask
     d_w = jnp.einsum("tbh,tbg->hg", h_prev, dzs)
-    return dzs, d_w, dh0, dc0, jnp.zeros_like(mask)
+    d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)  # bool: no gradient
+    return dzs, d_w, dh0, dc0, jnp.zeros_like(mask), d_valid
 
 
 _recurrence.defvjp(_recurrence_forward, _recurrence_bwd)
