@@ -126,3 +126,29 @@ def test_prune_lstm_checks_the_target_on_every_input_width_before_any_work():
         oneshot.prune_lstm(params, [jnp.ones((5, 3, 8))], method="wanda", nm=(2, 4))
     with pytest.raises(ValueError, match=r"`sparsity` must be in \[0, 1\]"):
         oneshot.prune_lstm(params, [jnp.ones((5, 3, 8))], method="sparsegpt", sparsity=1.5)
+
+
+def test_prune_lstm_calibrates_padded_sequences_on_their_real_steps_only():
+    params = jp.init_lstm(jax.random.key(5), 8, 12, num_layers=2, bidirectional=True)
+    lengths = [9, 4, 6]
+    seqs = [jax.random.normal(jax.random.key(20 + i), (n, 1, 8)) for i, n in enumerate(lengths)]
+    padded = jnp.concatenate([jnp.pad(s, ((0, 9 - s.shape[0]), (0, 0), (0, 0)), constant_values=50.0) for s in seqs], 1)
+    for method in ("wanda", "sparsegpt"):
+        _, want = oneshot.prune_lstm(params, seqs, method=method, sparsity=0.5)  # each sequence alone, unpadded
+        _, got = oneshot.prune_lstm(params, [padded], method=method, sparsity=0.5, lengths=[jnp.asarray(lengths)])
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+    with pytest.raises(ValueError, match="one array per batch"):
+        oneshot.prune_lstm(params, [padded, padded], method="wanda", sparsity=0.5, lengths=[jnp.asarray(lengths)])
+    with pytest.raises(ValueError, match=r"`lengths` must be in \[0, 9\]"):
+        oneshot.prune_lstm(params, [padded], method="wanda", sparsity=0.5, lengths=[jnp.asarray([9, 4, 10])])
+
+
+def test_accumulate_where_counts_only_the_marked_tokens():
+    x = jax.random.normal(jax.random.key(0), (4, 3, 5)).at[2:, 1].set(jnp.nan)
+    where = jnp.ones((4, 3), bool).at[2:, 1].set(False)
+    stats = oneshot.accumulate(oneshot.init_stats(5), x, where)
+    rows = np.asarray(x).reshape(-1, 5)[np.asarray(where).reshape(-1)]
+    np.testing.assert_allclose(stats.hessian, rows.T @ rows, rtol=1e-5, atol=1e-5)
+    assert int(stats.tokens) == 10
+    with pytest.raises(ValueError, match="`where` must have x's token shape"):
+        oneshot.accumulate(oneshot.init_stats(5), x, where[:, :2])

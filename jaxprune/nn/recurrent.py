@@ -201,7 +201,7 @@ def _check_inputs(dims: _Dims, xs: Any, initial_state: Any, batch_first: bool) -
         _check_dtype(name, state, dims)
 
 
-def _check_lengths(lengths: Any, xs: jax.Array, batch_first: bool) -> None:
+def check_lengths(lengths: Any, xs: jax.Array, batch_first: bool) -> None:
     """``lengths``: None, or ints ``[batch]`` in [0, time] (the range is checked where the values are concrete)."""
     if lengths is None:
         return
@@ -275,7 +275,7 @@ def lstm(
     """
     dims = _check_params(params)
     _check_inputs(dims, xs, initial_state, batch_first)
-    _check_lengths(lengths, xs, batch_first)
+    check_lengths(lengths, xs, batch_first)
     if dropout is not None and not isinstance(dropout, RNNDropout):
         raise TypeError(f"`dropout` must be a jp.RNNDropout(...) or None, got {type(dropout).__name__} {dropout!r}.")
     rates = dropout or RNNDropout()

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxprune._checks import check_fraction
 from jaxprune._tree import PyTree
 from jaxprune.masks import init_masks
-from jaxprune.nn.recurrent import lstm
+from jaxprune.nn.recurrent import check_lengths, lstm
 from jaxprune.oneshot.kernels import sparsegpt, wanda
 from jaxprune.oneshot.stats import InputStats, accumulate, init_stats, input_norms
 from jaxprune.pruning import prune
@@ -98,6 +98,7 @@ def prune_lstm(
     sparsity: float | None = None,
     nm: tuple[int, int] | None = None,
     batch_first: bool = False,
+    lengths: jax.Array | Sequence[jax.Array] | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
 ) -> tuple[PyTree, PyTree]:
@@ -118,6 +119,9 @@ def prune_lstm(
       method: ``"sparsegpt"`` (default), ``"wanda"`` or ``"magnitude"``.
       sparsity, nm: the target, exactly one of them (as in ``wanda``/``sparsegpt``).
       batch_first: the layout of ``batches``.
+      lengths: padded calibration sequences: one int ``[batch]`` array per
+        batch (as ``lstm(lengths=)``), or None when every step is real. Steps
+        past a sequence's length add nothing to any statistic.
       blocksize, percdamp: SparseGPT's, as in ``sparsegpt``.
 
     Returns:
@@ -134,8 +138,12 @@ def prune_lstm(
     batches = [batches] if hasattr(batches, "shape") else list(batches)
     if not batches:
         raise ValueError("`batches` must hold at least one calibration batch, got none.")
-    for b in batches:  # lstm's checks, on shapes only: nothing runs
-        jax.eval_shape(lambda p, x: lstm(p, x, batch_first=batch_first), params, b)
+    lengths = [None] * len(batches) if lengths is None else ([lengths] if hasattr(lengths, "shape") else list(lengths))
+    if len(lengths) != len(batches):
+        raise ValueError(f"`lengths` must hold one array per batch: {len(batches)} batches, {len(lengths)} lengths.")
+    for b, n in zip(batches, lengths):  # lstm's checks, on shapes (and the lengths' values) only: nothing runs
+        jax.eval_shape(lambda p, x, n: lstm(p, x, batch_first=batch_first, lengths=n), params, b, n)
+        check_lengths(n, b, batch_first)  # under eval_shape the lengths were tracers: their range, here
     if batch_first:
         batches = [jnp.swapaxes(b, 0, 1) for b in batches]
     suffixes = [""] + (["_reverse"] if "layer_0_reverse" in params else [])
@@ -151,14 +159,14 @@ def prune_lstm(
         names = [f"layer_{layer}{s}" for s in suffixes]
         single = {f"layer_0{s}": params[n] for s, n in zip(suffixes, names)}
         hidden = single["layer_0"]["w_hh"].shape[1]
-        ih, hh = _layer_stats(single, inputs, hidden, len(suffixes), hessian)
+        ih, hh = _layer_stats(single, inputs, lengths, hidden, len(suffixes), hessian)
         for d, name in enumerate(names):
             w_ih, m_ih = prune_kernel(params[name]["w_ih"], ih, in_axis=1, **target)
             w_hh, m_hh = prune_kernel(params[name]["w_hh"], hh[d], in_axis=1, **target)
             new_params[name] = {**params[name], "w_ih": w_ih, "w_hh": w_hh}
             new_masks[name] = {**new_masks[name], "w_ih": m_ih, "w_hh": m_hh}
         pruned = {f"layer_0{s}": new_params[n] for s, n in zip(suffixes, names)}
-        inputs = [_run_layer(pruned, x) for x in inputs]
+        inputs = [_run_layer(pruned, x, n) for x, n in zip(inputs, lengths)]
     return new_params, new_masks
 
 
@@ -168,26 +176,30 @@ def _magnitude_mask(kernel: jax.Array, sparsity: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _run_layer(single: PyTree, xs: jax.Array) -> jax.Array:
-    return lstm(single, xs)[0]
+def _run_layer(single: PyTree, xs: jax.Array, lengths: jax.Array | None) -> jax.Array:
+    return lstm(single, xs, lengths=lengths)[0]
 
 
 def _layer_stats(
-    single: PyTree, inputs: list[jax.Array], hidden: int, directions: int, hessian: bool
+    single: PyTree, inputs: list[jax.Array], lengths: list, hidden: int, directions: int, hessian: bool
 ) -> tuple[InputStats, list[InputStats]]:
     """Statistics of one layer's ``w_ih`` inputs and of each direction's ``w_hh`` inputs, over every batch."""
     ih = init_stats(inputs[0].shape[-1], hessian=hessian)
     hh = [init_stats(hidden, hessian=hessian) for _ in range(directions)]
-    for xs in inputs:
-        ih, hh = _add_layer_inputs(single, ih, hh, xs, hidden, directions)
+    for xs, n in zip(inputs, lengths):
+        ih, hh = _add_layer_inputs(single, ih, hh, xs, n, hidden, directions)
     return ih, hh
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _add_layer_inputs(single, ih, hh, xs, hidden, directions):
-    outputs = lstm(single, xs)[0]  # [T, B, directions * hidden]: h_t of each direction
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _add_layer_inputs(single, ih, hh, xs, lengths, hidden, directions):
+    outputs = lstm(single, xs, lengths=lengths)[0]  # [T, B, directions * hidden]: h_t of each direction
+    steps = jnp.arange(xs.shape[0])[:, None]
+    valid = jnp.ones(xs.shape[:2], bool) if lengths is None else steps < lengths[None, :]
     hh = list(hh)
-    hh[0] = accumulate(hh[0], outputs[:-1, :, :hidden])  # forward: step t reads h_{t-1}
+    # Step t of the forward direction reads h_{t-1}, of the reverse one h_{t+1}: both are real where step t
+    # is real and t >= 1 (forward) or t + 1 is real (reverse), i.e. rows 1.. of `valid` against each side.
+    hh[0] = accumulate(hh[0], outputs[:-1, :, :hidden], valid[1:])
     if directions == 2:
-        hh[1] = accumulate(hh[1], outputs[1:, :, hidden:])  # reverse: step t reads h_{t+1}
-    return accumulate(ih, xs), hh
+        hh[1] = accumulate(hh[1], outputs[1:, :, hidden:], valid[1:])
+    return accumulate(ih, xs, valid), hh

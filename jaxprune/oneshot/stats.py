@@ -37,22 +37,33 @@ def init_stats(n_in: int, *, hessian: bool = True) -> InputStats:
     return InputStats(jnp.zeros(n_in, jnp.float32), gram, jnp.zeros((), jnp.int32))
 
 
-def accumulate(stats: InputStats, x: jax.Array) -> InputStats:
+def accumulate(stats: InputStats, x: jax.Array, where: jax.Array | None = None) -> InputStats:
     """Adds a batch of inputs ``x`` (``[..., n_in]``, every leading axis a token axis), in float32.
+
+    ``where`` (bool, ``x.shape[:-1]``): only the tokens where it is True count
+    (padding past a sequence's length, say); None counts every token.
 
     Raises:
       TypeError: ``x`` is not a floating array.
-      ValueError: ``x``'s last axis is not the layer's input width.
+      ValueError: ``x``'s last axis is not the layer's input width, or
+        ``where`` does not have ``x``'s token shape.
     """
     check_float_array("x", x)
     n_in = stats.sq_norms.shape[0]
     if not x.shape or x.shape[-1] != n_in:
         raise ValueError(f"`x` must have the layer's {n_in} inputs on its last axis, got shape {tuple(x.shape)}.")
     rows = x.reshape(-1, n_in).astype(jnp.float32)
+    tokens = rows.shape[0]
+    if where is not None:
+        if tuple(where.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f"`where` must have x's token shape {tuple(x.shape[:-1])}, got {tuple(where.shape)}.")
+        keep = where.reshape(-1)
+        rows = jnp.where(keep[:, None], rows, 0.0)  # where, not a product: a NaN in padding stays out
+        tokens = jnp.sum(keep, dtype=jnp.int32)
     gram = None
     if stats.hessian is not None:
         gram = stats.hessian + jnp.matmul(rows.T, rows, precision=jax.lax.Precision.HIGHEST)
-    return InputStats(stats.sq_norms + jnp.sum(rows * rows, axis=0), gram, stats.tokens + rows.shape[0])
+    return InputStats(stats.sq_norms + jnp.sum(rows * rows, axis=0), gram, stats.tokens + tokens)
 
 
 def input_norms(stats: InputStats) -> jax.Array:
