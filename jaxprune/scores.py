@@ -51,12 +51,26 @@ def random(key: jax.Array, params: PyTree, *, generator: str = "threefry") -> Py
     if generator not in _GENERATORS:
         raise ValueError(f"`generator` must be one of {_GENERATORS}, got {generator!r}.")
     flat, treedef = leaves_with_paths(params)
-    keys = jax.random.split(key, max(len(flat), 1))
     if generator == "hash":
-        draw = lambda k, shape: hash_uniform(jax.random.bits(k, (2,), jnp.uint32), shape)  # noqa: E731
-    else:
-        draw = jax.random.uniform
-    return unflatten(treedef, [None if p is None else draw(k, jnp.shape(p)) for k, (_, p) in zip(keys, flat)])
+        seeds = hash_seeds(key, params)
+        return unflatten(
+            treedef, [None if p is None else hash_uniform(s, jnp.shape(p)) for s, (_, p) in zip(seeds, flat)]
+        )
+    keys = jax.random.split(key, max(len(flat), 1))
+    return unflatten(
+        treedef, [None if p is None else jax.random.uniform(k, jnp.shape(p)) for k, (_, p) in zip(keys, flat)]
+    )
+
+
+def hash_seeds(key: jax.Array, params: PyTree) -> list[jax.Array | None]:
+    """The uint32[2] seed of each leaf's ``hash_uniform`` stream (in flatten order, None leaves included).
+
+    One independent stream per leaf, as ``random`` draws them; whoever needs
+    the same draws computed elsewhere (``SET``, inside its selection) uses these.
+    """
+    flat, _ = leaves_with_paths(params)
+    keys = jax.random.split(check_key(key), max(len(flat), 1))
+    return [None if p is None else jax.random.bits(k, (2,), jnp.uint32) for k, (_, p) in zip(keys, flat)]
 
 
 def hash_uniform(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:

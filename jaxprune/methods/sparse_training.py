@@ -223,12 +223,11 @@ class SET(_DropAndGrow):
         # The draws of ``jp.random(key, params, generator="hash")``, computed inside the selection's passes:
         # a fresh uniform score for every weight at every update would cost about 3 global prunes with threefry.
         flat, _ = leaves_with_paths(params)
-        keys = jax.random.split(check_key(key), max(len(flat), 1))
-
-        def draw(k, p):
-            return Lazy(functools.partial(scores_lib.hash_uniform, shape=jnp.shape(p)), (jax.random.bits(k, (2,)),))
-
-        return [None if p is None else draw(k, p) for k, (_, p) in zip(keys, flat)]
+        seeds = scores_lib.hash_seeds(key, params)
+        return [
+            None if p is None else Lazy(functools.partial(scores_lib.hash_uniform, shape=jnp.shape(p)), (seed,))
+            for seed, (_, p) in zip(seeds, flat)
+        ]
 
 
 class RigL(_DropAndGrow):
