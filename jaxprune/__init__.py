@@ -31,12 +31,12 @@ from jaxprune.nn.dropouts import (
     weight_drop,
     zoneout,
 )
-from jaxprune.nn.recurrent import RNNDropout, init_lstm, lstm
+from jaxprune.nn.recurrent import RNNDropout, gru, init_gru, init_lstm, lstm
 from jaxprune.optim import masked_optimizer, zero_pruned
 from jaxprune.pruning import prune
 from jaxprune.scores import magnitude, random, saliency
 from jaxprune.structures import NM, Block, Structured, Unstructured
-from jaxprune.units import UnitAxis, kept_units, lstm_units, mlp_units, prune_units
+from jaxprune.units import UnitAxis, gru_units, kept_units, lstm_units, mlp_units, prune_units
 
 __version__ = "0.1.0"
 
@@ -66,6 +66,9 @@ __all__ = [
     "distributions",
     "dropout",
     "finalize",
+    "gru",
+    "gru_units",
+    "init_gru",
     "init_lstm",
     "init_masks",
     "kept_units",

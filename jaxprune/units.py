@@ -60,11 +60,20 @@ def lstm_units(num_layers: int, prefix: str = "") -> list[list[UnitAxis]]:
     Each holds the unit's rows in all four gate blocks of ``w_ih``, ``w_hh``
     and both biases, its column of ``w_hh`` and its column of the next layer's ``w_ih``.
     """
+    return _recurrent_units(num_layers, prefix, gates=4)
+
+
+def gru_units(num_layers: int, prefix: str = "") -> list[list[UnitAxis]]:
+    """Unit sets of a unidirectional ``jp.gru`` stack, one per layer: ``lstm_units`` with three gate blocks."""
+    return _recurrent_units(num_layers, prefix, gates=3)
+
+
+def _recurrent_units(num_layers: int, prefix: str, gates: int) -> list[list[UnitAxis]]:
     check_int("num_layers", num_layers, minimum=1)
     sets = []
     for i in range(num_layers):
         p = f"{prefix}layer_{i}"
-        entries = [UnitAxis(f"{p}/{k}", 0, 4) for k in ("w_ih", "w_hh", "b_ih", "b_hh")]
+        entries = [UnitAxis(f"{p}/{k}", 0, gates) for k in ("w_ih", "w_hh", "b_ih", "b_hh")]
         entries.append(UnitAxis(f"{p}/w_hh", 1))
         if i + 1 < num_layers:
             entries.append(UnitAxis(f"{prefix}layer_{i + 1}/w_ih", 1))

@@ -45,6 +45,10 @@ from jaxprune.optim import masked_optimizer
 # "dense_i" and "dense_h" kernels of 4x width.
 LSTM_INPUT_KERNELS = r"(^|/)(ii|if_?|ig|io|dense_i)/kernel$"
 LSTM_RECURRENT_KERNELS = r"(^|/)(hi|hf|hg|ho|dense_h)/kernel$"
+# Flax's GRU cells: Linen's GRUCell holds "ir", "iz", "in" (inputs) and "hr",
+# "hz", "hn" (state); nnx.GRUCell fuses them into "dense_i" and "dense_h" of 3x width.
+GRU_INPUT_KERNELS = r"(^|/)(ir|iz|in|dense_i)/kernel$"
+GRU_RECURRENT_KERNELS = r"(^|/)(hr|hz|hn|dense_h)/kernel$"
 
 
 # The layers whose inputs one-shot calibration records.

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from jaxprune._checks import check_fraction
 from jaxprune._tree import PyTree
 from jaxprune.masks import init_masks
-from jaxprune.nn.recurrent import check_lengths, lstm
+from jaxprune.nn.recurrent import lstm
+from jaxprune.nn.rnn_checks import check_lengths
 from jaxprune.oneshot.kernels import sparsegpt, wanda
 from jaxprune.oneshot.stats import InputStats, accumulate, init_stats, input_norms
 from jaxprune.pruning import prune
