@@ -50,10 +50,13 @@ def rows_from(results: dict) -> list[list[str]]:
                 ]
             )
     lstm = results.get("lstm", {}).get("ms_per_step", {})
-    if lstm:
-        base = lstm["jaxprune lstm"]
-        for name, ms in lstm.items():
-            rows.append(["LSTM train step", name, f"{ms:.1f} ms", f"{ms / base:.3f}x"])
+    for cell in ("lstm", "gru"):
+        names = [n for n in lstm if cell in n.lower()]
+        if f"jaxprune {cell}" in names:
+            base = lstm[f"jaxprune {cell}"]
+            for name in names:
+                ms = lstm[name]
+                rows.append([f"{cell.upper()} train step", name, f"{ms:.1f} ms", f"{ms / base:.3f}x"])
     e = results.get("export", {})
     if e:
         rows.append(
