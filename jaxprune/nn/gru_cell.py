@@ -23,9 +23,6 @@ from jax import lax
 
 from jaxprune.nn.dropouts import zoneout
 
-GATES = 3
-STATES = ("h",)
-
 
 def scan_layer(xs, w_ih, w_hh, b_ih, b_hh, state0, h_mask, zoneout_rate, z_key, deterministic, valid=None):
     """One direction of one layer: ``(outputs [time, batch, hidden], (h_T,))``.
@@ -33,15 +30,12 @@ def scan_layer(xs, w_ih, w_hh, b_ih, b_hh, state0, h_mask, zoneout_rate, z_key, 
     The arguments are those of ``lstm_cell.scan_layer``, with ``state0 = (h0,)``.
     """
     (h0,) = state0
-    hidden = h0.shape[-1]
-    b_hn = b_hh[2 * hidden :]
-    folded = b_ih + jnp.concatenate([b_hh[: 2 * hidden], jnp.zeros_like(b_hn)])
-    gates_x = jnp.einsum("tbi,gi->tbg", xs, w_ih) + folded
-    w_hh_t = w_hh.T  # [hidden, 3 * hidden], transposed once outside the loop
     if zoneout_rate is None:
-        mask = jnp.ones_like(h0) if h_mask is None else jnp.broadcast_to(h_mask, h0.shape).astype(h0.dtype)
-        out, h = _recurrence(gates_x, w_hh_t, b_hn, h0, mask, valid)
+        mask = None if h_mask is None else jnp.broadcast_to(h_mask, h0.shape).astype(h0.dtype)
+        out, h = _layer(xs, w_ih, w_hh, b_ih, b_hh, h0, mask, valid)
         return out, (h,)
+    gates_x = jnp.einsum("tbi,gi->tbg", xs, w_ih) + _folded_bias(b_ih, b_hh)
+    w_hh_t, b_hn = w_hh.T, b_hh[2 * h0.shape[-1] :]
     steps = jnp.arange(xs.shape[0])
     every = jnp.ones((xs.shape[0], 1, 1), bool) if valid is None else valid
 
@@ -56,13 +50,19 @@ def scan_layer(xs, w_ih, w_hh, b_ih, b_hh, state0, h_mask, zoneout_rate, z_key, 
     return out, (h,)
 
 
+def _folded_bias(b_ih, b_hh):
+    """``b_ih + [b_hr, b_hz, 0]``: the biases that add to the input part of the gates (``b_hn`` cannot)."""
+    hidden = b_hh.shape[0] // 3
+    return b_ih + jnp.concatenate([b_hh[: 2 * hidden], jnp.zeros_like(b_hh[2 * hidden :])])
+
+
 def _cell(gx, h, w_hh_t, b_hn, mask):
     """One GRU step given the input part of the gates ``gx``: ``(h, residuals)``.
 
     The one copy of the cell's math, shared by the zoneout scan and both
-    passes of ``_recurrence``. ``mask`` (recurrent dropout on the ``h`` that
+    passes of ``_layer``. ``mask`` (recurrent dropout on the ``h`` that
     enters the matmul; the ``z * h`` carry is not dropped) may be None. The
-    residuals ``[r, z, n, W_hn h + b_hn]`` are what ``_recurrence_bwd`` needs.
+    residuals ``[r, z, n, W_hn h + b_hn]`` are what ``_layer_bwd`` needs.
     """
     hidden = h.shape[-1]
     gh = (h if mask is None else h * mask) @ w_hh_t
@@ -73,72 +73,89 @@ def _cell(gx, h, w_hh_t, b_hn, mask):
     return n + z * (h - n), jnp.concatenate([rz, n, hn], axis=-1)
 
 
-def _held_step(gx, h, w_hh_t, b_hn, mask, v):
-    """One step that only advances where ``v`` (None: everywhere): ``(h, residuals, output)``."""
-    h_new, res = _cell(gx, h, w_hh_t, b_hn, mask)
-    if v is None:
-        return h_new, res, h_new
-    return jnp.where(v, h_new, h), res, jnp.where(v, h_new, 0.0).astype(h_new.dtype)
+def _layer_scan(xs, w_ih, w_hh, b_ih, b_hh, h0, mask, valid, keep):
+    """The forward of one layer direction: ``(outputs, h_T)``, with ``keep`` also the residuals.
 
+    The input projection of all steps is one matmul; the biases are added
+    inside the step, where they fuse into the gates' elementwise loop.
+    """
+    hidden = h0.shape[-1]
+    gates_x = jnp.einsum("tbi,gi->tbg", xs, w_ih)
+    w_hh_t, bias, b_hn = w_hh.T, _folded_bias(b_ih, b_hh), b_hh[2 * hidden :]
 
-def _recurrence_forward(gates_x, w_hh_t, b_hn, h0, mask, valid):
     def step(h, inputs):
         gx, v = inputs
-        h, res, out = _held_step(gx, h, w_hh_t, b_hn, mask, v)
-        return h, (out, h, res)
+        h_new, res = _cell(gx + bias, h, w_hh_t, b_hn, mask)
+        out = h_new
+        if v is not None:  # a held step keeps the state and outputs 0
+            h_new, out = jnp.where(v, h_new, h), jnp.where(v, h_new, 0.0).astype(h.dtype)
+        return h_new, ((out, res) if keep else out)
 
-    h, (outs, hs, res) = lax.scan(step, h0, (gates_x, valid))
-    return (outs, h), (w_hh_t, h0, mask, valid, hs, res)
+    h, ys = lax.scan(step, h0, (gates_x, valid))
+    return ys, h
 
 
 @jax.custom_vjp
-def _recurrence(gates_x, w_hh_t, b_hn, h0, mask, valid):
-    """The GRU recurrence given the input part of the gates: ``(outputs, h_T)``.
+def _layer(xs, w_ih, w_hh, b_ih, b_hh, h0, mask, valid):
+    """One layer direction (input projection and recurrence): ``(outputs, h_T)``.
 
-    A custom VJP for the reason the LSTM has one: the backward scan carries
-    only ``dh`` and emits each step's gate gradients, and the recurrent
-    weight's gradient is one matmul over all timesteps afterwards. Where
-    ``valid`` is False the state is held and the output is 0.
+    A custom VJP over the whole layer for the LSTM's reasons: the backward
+    scan carries only ``dh``, and every weight's gradient is one matmul over
+    all timesteps afterwards. In ``h' = n + z * (h - n)`` every gate's
+    gradient is ``dh'`` times a factor that does not depend on ``dh'``, so
+    the factors are computed for all steps at once before the loop, and the
+    loop does one elementwise product, the ``[batch, 3H] x [3H, H]`` matmul
+    and the state's gradient. Where ``valid`` is False the state is held and
+    the output is 0.
     """
-
-    def step(h, inputs):
-        gx, v = inputs
-        h, _, out = _held_step(gx, h, w_hh_t, b_hn, mask, v)
-        return h, out
-
-    h, outs = lax.scan(step, h0, (gates_x, valid))  # inference keeps no residuals
+    outs, h = _layer_scan(xs, w_ih, w_hh, b_ih, b_hh, h0, mask, valid, keep=False)
     return outs, h
 
 
-def _recurrence_bwd(residuals, cotangents):
-    w_hh_t, h0, mask, valid, hs, res = residuals
+def _layer_fwd(xs, w_ih, w_hh, b_ih, b_hh, h0, mask, valid):
+    (outs, res), h = _layer_scan(xs, w_ih, w_hh, b_ih, b_hh, h0, mask, valid, keep=True)
+    return (outs, h), (xs, w_ih, w_hh, h0, mask, valid, outs, res)
+
+
+def _layer_bwd(residuals, cotangents):
+    xs, w_ih, w_hh, h0, mask, valid, outs, res = residuals
     d_out, d_h = cotangents
-    hidden = h0.shape[-1]
-    h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    w = w_hh_t.T  # [3 * hidden, hidden], once outside the loop
+    time, batch, hidden = outs.shape
+    r, z, n, hn = (res[..., k * hidden : (k + 1) * hidden] for k in range(4))
+    # Valid steps are a prefix of each sequence, so where a step is valid outs[t - 1] is h_{t-1}.
+    h_prev = jnp.concatenate([h0[None], outs[:-1]])
+    d_n = (1.0 - z) * (1.0 - n * n)  # d(pre-activation of n) / dh', and so on: all without dh'
+    d_x = jnp.concatenate([d_n * hn * r * (1.0 - r), (h_prev - n) * z * (1.0 - z), d_n], axis=-1)
+    d_hh = jnp.concatenate([d_x[..., : 2 * hidden], d_n * r], axis=-1)  # the n block of W_hn h is scaled by r
+    if valid is not None:  # a held step: the gates get no gradient
+        d_x = jnp.where(valid, d_x, 0.0).astype(d_x.dtype)
+        d_hh = jnp.where(valid, d_hh, 0.0).astype(d_hh.dtype)
 
     def step(dh_next, inputs):
-        d_out_t, res_t, h_before, v = inputs
-        r, z = res_t[..., :hidden], res_t[..., hidden : 2 * hidden]
-        n, hn = res_t[..., 2 * hidden : 3 * hidden], res_t[..., 3 * hidden :]
+        d_out_t, d_hh_t, z_t, v = inputs
         dh = dh_next + d_out_t
-        dn = dh * (1.0 - z) * (1.0 - n * n)  # through n's tanh
-        dr = dn * hn * r * (1.0 - r)
-        dz = dh * (h_before - n) * z * (1.0 - z)
-        dgx = jnp.concatenate([dr, dz, dn], axis=-1)  # the gradient of the input part of the gates
-        dgh = jnp.concatenate([dr, dz, dn * r], axis=-1)  # ... and of the recurrent part
-        dh_prev = dh * z + (dgh @ w) * mask
-        if v is not None:  # a held step: the state's gradient passes through, the gates get none
-            dgx = jnp.where(v, dgx, 0.0).astype(dgx.dtype)
-            dgh = jnp.where(v, dgh, 0.0).astype(dgh.dtype)
+        dgh = dh[:, None, :] * d_hh_t.reshape(batch, 3, hidden)
+        dgh = dgh.reshape(batch, 3 * hidden)
+        dh_prev = (dgh @ w_hh) if mask is None else (dgh @ w_hh) * mask
+        dh_prev = dh * z_t + dh_prev
+        if v is not None:  # a held step: the state's gradient passes through
             dh_prev = jnp.where(v, dh_prev, dh_next)
-        return dh_prev, (dgx, dgh)
+        return dh_prev, (dh, dgh)
 
-    dh0, (dgxs, dghs) = lax.scan(step, d_h, (d_out, res, h_prev, valid), reverse=True)
-    d_w = jnp.einsum("tbh,tbg->hg", h_prev * mask, dghs)
-    d_b_hn = jnp.sum(dghs[..., 2 * hidden :], axis=(0, 1))
+    dh0, (dhs, dghs) = lax.scan(step, d_h, (d_out, d_hh, z, valid), reverse=True)
+    dgxs = (dhs[:, :, None, :] * d_x.reshape(time, batch, 3, hidden)).reshape(time * batch, 3 * hidden)
+    dghs = dghs.reshape(time * batch, 3 * hidden)
+    if mask is not None:
+        h_prev = h_prev * mask
+    n_in = xs.shape[-1]
+    # As for the LSTM: the barrier keeps XLA from folding the outer transpose into the dot.
+    d_w_ih = lax.optimization_barrier(xs.reshape(time * batch, n_in).T @ dgxs).T
+    d_w_hh = lax.optimization_barrier(h_prev.reshape(time * batch, hidden).T @ dghs).T
+    d_xs = (dgxs @ w_ih).reshape(time, batch, n_in)
+    d_mask = None if mask is None else jnp.zeros_like(mask)
     d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)  # bool: no gradient
-    return dgxs, d_w, d_b_hn, dh0, jnp.zeros_like(mask), d_valid
+    # b_ih adds to the input part of all three gates, b_hh to the recurrent part (b_hr, b_hz equal either way).
+    return d_xs, d_w_ih, d_w_hh, dgxs.sum(0), dghs.sum(0), dh0, d_mask, d_valid
 
 
-_recurrence.defvjp(_recurrence_forward, _recurrence_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd)

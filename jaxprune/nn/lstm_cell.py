@@ -16,9 +16,6 @@ from jax import lax
 
 from jaxprune.nn.dropouts import zoneout
 
-GATES = 4
-STATES = ("h", "c")
-
 
 def scan_layer(xs, w_ih, w_hh, b_ih, b_hh, state0, h_mask, zoneout_rate, z_key, deterministic, valid=None):
     """One direction of one layer: ``(outputs [time, batch, hidden], (h_T, c_T))``.
@@ -35,12 +32,12 @@ def scan_layer(xs, w_ih, w_hh, b_ih, b_hh, state0, h_mask, zoneout_rate, z_key, 
         sequence's length its state is held and its outputs are 0.
     """
     h0, c0 = state0
+    if zoneout_rate is None:
+        mask = None if h_mask is None else jnp.broadcast_to(h_mask, h0.shape).astype(h0.dtype)
+        out, h, c = _layer(xs, w_ih, w_hh, b_ih + b_hh, h0, c0, mask, valid)
+        return out, (h, c)
     gates_x = jnp.einsum("tbi,gi->tbg", xs, w_ih) + (b_ih + b_hh)
     w_hh_t = w_hh.T  # [hidden, 4 * hidden], transposed once outside the loop
-    if zoneout_rate is None:
-        mask = jnp.ones_like(h0) if h_mask is None else jnp.broadcast_to(h_mask, h0.shape).astype(h0.dtype)
-        out, h, c = _recurrence(gates_x, w_hh_t, h0, c0, mask, valid)
-        return out, (h, c)
     steps = jnp.arange(xs.shape[0])
     every = jnp.ones((xs.shape[0], 1, 1), bool) if valid is None else valid
 
@@ -75,9 +72,7 @@ def _cell(gx, h, c, w_hh_t, mask):
     """One LSTM step given the input part of the gates ``gx``: ``(h, c, activations)``.
 
     The one copy of the cell's math, shared by the zoneout scan and both
-    passes of ``_recurrence``. ``mask`` (recurrent dropout on ``h``) may be
-    None. The activations are returned as the residuals ``_recurrence_bwd``
-    needs; ``h`` and ``c`` are computed from them anyway, so this costs nothing.
+    passes of ``_layer``. ``mask`` (recurrent dropout on ``h``) may be None.
     """
     a = _activations(gx + (h if mask is None else h * mask) @ w_hh_t)
     i, f, g, o = jnp.split(a, 4, axis=-1)
@@ -86,81 +81,121 @@ def _cell(gx, h, c, w_hh_t, mask):
     return h, c, a
 
 
-def _held_step(gx, h, c, w_hh_t, mask, v):
-    """One step that only advances where ``v`` (None: everywhere): ``(h, c, activations, output)``."""
-    h_new, c_new, a = _cell(gx, h, c, w_hh_t, mask)
-    if v is None:
-        return h_new, c_new, a, h_new
-    return jnp.where(v, h_new, h), jnp.where(v, c_new, c), a, jnp.where(v, h_new, 0.0).astype(h_new.dtype)
+def _layer_scan(xs, w_ih, w_hh, bias, h0, c0, mask, valid, keep):
+    """The forward of one layer direction: ``(outputs, h_T, c_T)``, with ``keep`` also the residuals.
 
+    The residuals are each step's cell state and activations; the
+    activations overwrite the input projection ``gates_x`` step by step (a
+    loop-carried buffer updated in place), so they need no buffer of their
+    own. The bias is added inside the step, where it fuses into the
+    activation's elementwise loop, rather than in a pass over ``gates_x``.
+    """
+    gates_x = jnp.einsum("tbi,gi->tbg", xs, w_ih)
+    w_hh_t = w_hh.T  # [hidden, 4 * hidden], transposed once outside the loop
 
-def _recurrence_forward(gates_x, w_hh_t, h0, c0, mask, valid):
-    def step(carry, inputs):
-        gx, v = inputs
-        h, c, a, out = _held_step(gx, *carry, w_hh_t, mask, v)
-        return (h, c), (out, h, c, a)
+    def cell(h, c, gx, v):
+        h_new, c_new, a = _cell(gx + bias, h, c, w_hh_t, mask)
+        if v is None:
+            return h_new, c_new, a, h_new
+        return jnp.where(v, h_new, h), jnp.where(v, c_new, c), a, jnp.where(v, h_new, 0.0).astype(h.dtype)
 
-    (h, c), (outs, hs, cs, acts) = lax.scan(step, (h0, c0), (gates_x, valid))
-    return (outs, h, c), (w_hh_t, h0, c0, mask, valid, hs, cs, acts)
+    if not keep:  # inference: no residuals
+
+        def step(carry, inputs):
+            h, c, _, out = cell(*carry, *inputs)
+            return (h, c), out
+
+        (h, c), outs = lax.scan(step, (h0, c0), (gates_x, valid))
+        return outs, h, c
+
+    def step_keep(carry, v):
+        h, c, buf, t = carry
+        h, c, a, out = cell(h, c, lax.dynamic_index_in_dim(buf, t, 0, keepdims=False), v)
+        return (h, c, lax.dynamic_update_index_in_dim(buf, a, t, 0), t + 1), (out, c)
+
+    (h, c, acts, _), (outs, cs) = lax.scan(step_keep, (h0, c0, gates_x, jnp.int32(0)), valid, length=gates_x.shape[0])
+    return (outs, cs, acts), h, c
 
 
 @jax.custom_vjp
-def _recurrence(gates_x, w_hh_t, h0, c0, mask, valid):
-    """The LSTM recurrence given the input part of the gates: ``(outputs, h_T, c_T)``.
+def _layer(xs, w_ih, w_hh, bias, h0, c0, mask, valid):
+    """One layer direction (input projection and recurrence): ``(outputs, h_T, c_T)``.
 
-    A custom VJP, because JAX's derivative of the scan accumulates the
-    recurrent weight's gradient step by step (a [hidden, 4 * hidden] update
-    and a thin matmul per timestep). Here the backward scan only carries
-    (dh, dc) and emits each step's gate gradients; the weight gradient is
-    then one matmul over all timesteps at once, as cuDNN and PyTorch do it.
+    A custom VJP over the whole layer, because JAX's derivative of the scan
+    accumulates the recurrent weight's gradient step by step (a [hidden,
+    4 * hidden] update and a thin matmul per timestep). Here the backward
+    scan only carries (dh, dc) and emits each step's gate gradients; the
+    weight gradients are then one matmul each over all timesteps at once,
+    as cuDNN and PyTorch do it: ``xs^T @ dz`` and ``h_prev^T @ dz``.
     ``valid`` (``[time, batch, 1]`` bool, or None): where False the state is
     held and the output is 0, so there the backward passes (dh, dc) through
-    and the gate gradients are 0.
+    and the gate gradients are 0. ``mask``: recurrent dropout on ``h``
+    (``[batch, hidden]``), or None.
     """
-
-    def step(carry, inputs):
-        gx, v = inputs
-        h, c, _, out = _held_step(gx, *carry, w_hh_t, mask, v)
-        return (h, c), out
-
-    (h, c), outs = lax.scan(step, (h0, c0), (gates_x, valid))  # inference keeps no residuals
+    outs, h, c = _layer_scan(xs, w_ih, w_hh, bias, h0, c0, mask, valid, keep=False)
     return outs, h, c
 
 
-def _recurrence_bwd(residuals, cotangents):
-    w_hh_t, h0, c0, mask, valid, hs, cs, acts = residuals
+def _layer_fwd(xs, w_ih, w_hh, bias, h0, c0, mask, valid):
+    (outs, cs, acts), h, c = _layer_scan(xs, w_ih, w_hh, bias, h0, c0, mask, valid, keep=True)
+    return (outs, h, c), (xs, w_ih, w_hh, h0, c0, mask, valid, outs, cs, acts)
+
+
+def _layer_bwd(residuals, cotangents):
+    xs, w_ih, w_hh, h0, c0, mask, valid, outs, cs, acts = residuals
     d_out, d_h, d_c = cotangents
+    time, batch, hidden = outs.shape
+    # What does not depend on the carried (dh, dc), for all steps at once, outside the loop (one
+    # elementwise pass, no concatenation): per gate column dz = [dc, dc, dc, dh] * p, and dc = dc_next + dh * q.
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
-    w_t = w_hh_t.T  # [4 * hidden, hidden], once outside the loop
+    a4 = acts.reshape(time, batch, 4, hidden)
+    i, f, g, o = (a4[:, :, k] for k in range(4))
+    tanh_c = jnp.tanh(cs)
+    q = o * (1.0 - tanh_c * tanh_c)
+    gate = lax.broadcasted_iota(jnp.int32, (1, 1, 4, 1), 2)
+    other = jnp.where(gate == 0, g[:, :, None], jnp.where(gate == 1, c_prev[:, :, None], i[:, :, None]))
+    other = jnp.where(gate == 3, tanh_c[:, :, None], other)  # [g, c_prev, i, tanh(c)] beside [i, f, g, o]
+    p = (other * jnp.where(gate == 2, 1.0 - a4 * a4, a4 * (1.0 - a4))).reshape(time, batch, 4 * hidden)
+    if valid is not None:  # a held step: the gates get no gradient
+        p = jnp.where(valid, p, 0.0).astype(p.dtype)
+    is_o = lax.broadcasted_iota(jnp.int32, (1, 4, 1), 1) == 3
 
     def step(carry, inputs):
-        dh_next, dc_next = carry
-        d_out_t, a, c, c_before, v = inputs
-        i, f, g, o = jnp.split(a, 4, axis=-1)
-        tanh_c = jnp.tanh(c)
+        # dz overwrites p in the carried buffer (in place); dz is read back from the updated buffer
+        # (behind a barrier, so XLA keeps it that way) since a second reader of the old buffer makes
+        # XLA copy the whole buffer every step.
+        dh_next, dc_next, buf, t = carry
+        d_out_t, q_t, f_t, v = inputs
+        t = t - 1
         dh = dh_next + d_out_t
-        dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-        dz = jnp.concatenate(
-            [
-                dc * g * i * (1.0 - i),
-                dc * c_before * f * (1.0 - f),
-                dc * i * (1.0 - g * g),
-                dh * tanh_c * o * (1.0 - o),
-            ],
-            axis=-1,
-        )
-        dh_prev, dc_prev = (dz @ w_t) * mask, dc * f
-        if v is not None:  # a held step: the state's gradient passes through, the gates get none
-            dz = jnp.where(v, dz, 0.0).astype(dz.dtype)
+        dc = dc_next + dh * q_t
+        p_t = lax.dynamic_index_in_dim(buf, t, 0, keepdims=False).reshape(batch, 4, hidden)
+        dz = (jnp.where(is_o, dh[:, None], dc[:, None]) * p_t).reshape(batch, 4 * hidden)
+        buf = lax.dynamic_update_index_in_dim(buf, dz, t, 0)
+        buf = lax.optimization_barrier(buf)
+        dh_prev, dc_prev = lax.dynamic_index_in_dim(buf, t, 0, keepdims=False) @ w_hh, dc * f_t
+        if mask is not None:
+            dh_prev = dh_prev * mask
+        if v is not None:  # a held step: the state's gradient passes through
             dh_prev = jnp.where(v, dh_prev, dh_next)
             dc_prev = jnp.where(v, dc_prev, dc_next)
-        return (dh_prev, dc_prev), dz
+        return (dh_prev, dc_prev, buf, t), None
 
-    (dh0, dc0), dzs = lax.scan(step, (d_h, d_c), (d_out, acts, cs, c_prev, valid), reverse=True)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]]) * mask
-    d_w = jnp.einsum("tbh,tbg->hg", h_prev, dzs)
+    (dh0, dc0, dzs, _), _ = lax.scan(step, (d_h, d_c, p, jnp.int32(time)), (d_out, q, f, valid), reverse=True)
+    # Valid steps are a prefix of each sequence, so where dz != 0 outs[t - 1] is h_{t-1}.
+    h_prev = jnp.concatenate([h0[None], outs[:-1]])
+    if mask is not None:
+        h_prev = h_prev * mask
+    n_in = xs.shape[-1]
+    dz = dzs.reshape(time * batch, 4 * hidden)
+    # The weight gradients as ([T * batch, in]^T @ dz)^T: the barrier keeps XLA from folding the outer
+    # transpose into the dot, which makes the large dz the transposed operand (measured slower on CPU).
+    d_w_ih = lax.optimization_barrier(xs.reshape(time * batch, n_in).T @ dz).T
+    d_w_hh = lax.optimization_barrier(h_prev.reshape(time * batch, hidden).T @ dz).T
+    d_xs = (dz @ w_ih).reshape(time, batch, n_in)
+    d_mask = None if mask is None else jnp.zeros_like(mask)
     d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)  # bool: no gradient
-    return dzs, d_w, dh0, dc0, jnp.zeros_like(mask), d_valid
+    return d_xs, d_w_ih, d_w_hh, dz.sum(0), dh0, dc0, d_mask, d_valid
 
 
-_recurrence.defvjp(_recurrence_forward, _recurrence_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd)

@@ -1,4 +1,4 @@
-"""Recurrent layers on ``lax.scan``: ``lstm`` and ``gru``, with pruning masks and dropout applied outside the scan.
+"""Recurrent layers: ``lstm`` and ``gru`` on ``lax.scan`` (the LSTM also on cuDNN), masks and dropout outside the scan.
 
 Parameters follow PyTorch's ``nn.LSTM`` and ``nn.GRU`` (names, ``[gates *
 hidden, in]`` layout, gate order, initialisation U(-1/sqrt(hidden),
@@ -45,7 +45,7 @@ State = jax.Array | tuple[jax.Array, ...]
 
 
 class RNNDropout(NamedTuple):
-    """Dropout rates for ``lstm``; each is a float in [0, 1) (zoneout in [0, 1]).
+    """Dropout rates for ``lstm`` and ``gru``; each is a float in [0, 1) (zoneout in [0, 1]).
 
     Attributes:
       input: locked dropout on each layer's input sequence (one mask per sequence).
@@ -53,7 +53,7 @@ class RNNDropout(NamedTuple):
         (Gal & Ghahramani's variational RNN dropout).
       output: locked dropout on the last layer's output sequence.
       weight: DropConnect on the recurrent weights ``w_hh`` (AWD-LSTM), one mask per call.
-      zoneout: probability that a unit of ``h`` and ``c`` keeps its previous value
+      zoneout: probability that a unit of ``h`` (and the LSTM's ``c``) keeps its previous value
         (a fresh mask per step; the expectation when deterministic).
     """
 
