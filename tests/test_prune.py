@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -210,14 +210,17 @@ def test_mismatched_or_empty_masks_raise():
 
 # --- properties --------------------------------------------------------------
 
+# Sides from a few sizes (1, a prime, ...): JAX compiles per shape, so fewer distinct shapes keep examples cheap.
+side = st.sampled_from([1, 2, 3, 7, 9])
 leaf = hnp.arrays(
     np.float32,
-    hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=9),
+    st.tuples(side, side),
     elements=st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, -1.0, 3.25]),  # small alphabet: many ties
 )
 
 
 @given(st.lists(leaf, min_size=1, max_size=3), st.floats(0, 1), st.floats(0, 1))
+@example([np.ones((2, 3), np.float32), np.zeros((1, 1), np.float32)], 0.0, 1.0)  # 0 keeps all, 1 prunes all
 def test_property_exact_count_and_monotone(leaves, s1, s2):
     params = {f"l{i}": x for i, x in enumerate(leaves)}
     n = sum(x.size for x in leaves)
@@ -241,13 +244,6 @@ def test_property_deterministic_ties(leaves, s):
     for v in np.unique(flat_s):
         tie = flat_m[flat_s == v]
         assert (np.diff(tie.astype(int)) >= 0).all()  # pruned (False) ones come first
-
-
-@given(st.lists(leaf, min_size=1, max_size=3))
-def test_property_zero_keeps_all_and_one_prunes_all(leaves):
-    params = {f"l{i}": x for i, x in enumerate(leaves)}
-    assert kept(jp.prune(jp.magnitude(params), jp.init_masks(params), sparsity=0.0)) == sum(x.size for x in leaves)
-    assert kept(jp.prune(jp.magnitude(params), jp.init_masks(params), sparsity=1.0)) == 0
 
 
 @given(leaf, st.floats(0, 1))
