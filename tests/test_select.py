@@ -47,7 +47,7 @@ def check(scores, alive, groups, k):
 
 def test_random_leaves_against_reference():
     rng = np.random.default_rng(0)
-    for trial in range(12):
+    for trial in range(6):  # each trial is new shapes, so a new compilation
         shapes = [(int(rng.integers(1, 200)), int(rng.integers(1, 300))) for _ in range(int(rng.integers(1, 4)))]
         kind = trial % 3
         if kind == 0:
@@ -114,7 +114,12 @@ def test_odd_shapes_scalars_and_vectors():
 
 
 @given(
-    hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=12), elements=st.sampled_from(SPECIALS)),
+    # Sides from a few sizes: JAX compiles per shape, so fewer distinct shapes keep examples cheap.
+    hnp.arrays(
+        np.float32,
+        st.lists(st.sampled_from([1, 2, 5, 12]), min_size=1, max_size=3).map(tuple),
+        elements=st.sampled_from(SPECIALS),
+    ),
     st.data(),
 )
 def test_property_matches_reference(scores, data):
