@@ -35,7 +35,7 @@ def setup(config, seed=0, masked=True):
     return params, (random_masks(params, seed) if masked else None)
 
 
-@pytest.mark.parametrize(("config", "masked"), zip(CONFIGS, [True, False, True, True]))
+@pytest.mark.parametrize(("config", "masked"), list(zip(CONFIGS, [True, False, True, True])))
 def test_unpack_gives_back_exactly_the_masked_weights(config, masked):
     input_size, hidden, layers, bidirectional = config
     params, masks = setup(config, masked=masked)
@@ -169,7 +169,6 @@ def test_cudnn_backend_runs_layers_of_different_widths_one_call_each_and_refuses
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert [s.shape for s in h] == [(2, 4), (2, 2)]
     chex.assert_trees_all_close((h, c), (h_ref, c_ref), atol=1e-5)
-    assert jp.lstm(params, xs, dropout=jp.RNNDropout(zoneout=0.1), deterministic=True)[0].shape == (5, 2, 2)  # auto
     for rates, match in [(jp.RNNDropout(hidden=0.2), "no per-step dropout"), (jp.RNNDropout(zoneout=0.1), "zoneout")]:
         with pytest.raises(ValueError, match=f"`backend='cudnn'` cannot run this call: .*{match}"):
             jp.lstm(params, xs, dropout=rates, key=jax.random.key(0), backend="cudnn")

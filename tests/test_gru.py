@@ -30,7 +30,6 @@ def bake_masks(m, params, masks):
         (2, True, False, True, False),
         (2, False, True, True, True),
         (2, True, False, True, True),
-        (1, True, True, False, True),
     ],
 )
 def test_outputs_states_and_gradients_match_torch_gru(layers, bidirectional, batch_first, masked, packed):

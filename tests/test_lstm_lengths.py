@@ -75,7 +75,7 @@ def test_outputs_states_and_gradients_match_packed_torch_lstm(layers, bidirectio
 
 
 def test_zoneout_and_full_lengths_agree_with_no_lengths():
-    params = jp.init_lstm(jax.random.key(0), 4, 6, num_layers=2, bidirectional=True)
+    params = jp.init_lstm(jax.random.key(0), 4, 6, bidirectional=True)
     xs = jax.random.normal(jax.random.key(1), (7, 3, 4))
     full = jnp.full((3,), 7, jnp.int32)
     for dropout in (None, jp.RNNDropout(zoneout=0.3)):
