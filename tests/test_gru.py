@@ -12,7 +12,7 @@ import jaxprune as jp
 from jaxprune.integrations.flax import GRU_INPUT_KERNELS, GRU_RECURRENT_KERNELS
 
 torch = pytest.importorskip("torch")
-from test_rnn import from_torch  # noqa: E402
+from test_rnn import assert_grads_match_torch, from_torch  # noqa: E402
 
 
 def bake_masks(m, params, masks):
@@ -63,13 +63,7 @@ def test_outputs_states_and_gradients_match_torch_gru(layers, bidirectional, bat
     (_, (out, h)), (g, gx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, jnp.asarray(x))
     np.testing.assert_allclose(out, out_t.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(h, h_t.detach().numpy(), atol=1e-5)
-    for name in params:
-        i, sfx = name.split("_")[1], "_reverse" if name.endswith("reverse") else ""
-        for k, attr in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):
-            ref = getattr(m, f"{attr}_l{i}{sfx}").grad.numpy()
-            if masked and k in ("w_ih", "w_hh"):
-                ref = ref * np.asarray(masks[name][k])  # torch's grad at a masked weight is not masked
-            np.testing.assert_allclose(g[name][k], ref, atol=1e-4, rtol=1e-4, err_msg=f"{name}/{k}")
+    assert_grads_match_torch(g, m, masks)
     if packed:  # steps past a sequence's length do not exist: their inputs get no gradient
         past = np.arange(9)[:, None] >= lengths[None, :]
         assert np.all(np.asarray(gx)[past.T if batch_first else past] == 0.0)

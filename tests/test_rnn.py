@@ -26,6 +26,17 @@ def from_torch(m, layers, bidirectional):
     return jax.tree.map(lambda t: jnp.asarray(t.detach().numpy()), params)
 
 
+def assert_grads_match_torch(g, m, masks=None):
+    """jaxprune's gradients ``g`` against the torch module ``m``'s ``.grad``, masked where ``masks`` prune."""
+    for name in g:
+        i, sfx = name.split("_")[1], "_reverse" if name.endswith("reverse") else ""
+        for k, attr in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):
+            ref = getattr(m, f"{attr}_l{i}{sfx}").grad.numpy()
+            if masks is not None and masks[name][k] is not None:
+                ref = ref * np.asarray(masks[name][k])  # torch's grad at a masked weight is not masked
+            np.testing.assert_allclose(g[name][k], ref, atol=1e-4, rtol=1e-4, err_msg=f"{name}/{k}")
+
+
 @pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (2, False), (2, True)])
 def test_matches_torch_lstm_with_pruning_masks(layers, bidirectional):
     torch.manual_seed(layers)
@@ -172,12 +183,7 @@ def test_gradients_match_torch_autograd():
         out, (h, c) = jp.lstm(p, jnp.asarray(x))
         return jnp.sum(out**2) + jnp.sum(h) + jnp.sum(c**2)
 
-    g = jax.jit(jax.grad(loss))(params)
-    for name in params:
-        i, sfx = name.split("_")[1], "_reverse" if name.endswith("reverse") else ""
-        for k, attr in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):
-            ref = getattr(m, f"{attr}_l{i}{sfx}").grad.numpy()
-            np.testing.assert_allclose(g[name][k], ref, atol=1e-4, rtol=1e-4, err_msg=f"{name}/{k}")
+    assert_grads_match_torch(jax.jit(jax.grad(loss))(params), m)
 
 
 def test_recurrent_dropout_gradients_match_finite_differences():
