@@ -119,21 +119,9 @@ def init_gru(
 ) -> Params:
     """PyTorch-initialised GRU params: ``init_lstm``'s layout with 3 gate blocks (r, z, n) instead of 4.
 
-    Args:
-      key: one PRNG key.
-      input_size: features per timestep of the input, >= 1.
-      hidden_size: units per layer and direction, >= 1.
-      num_layers: stacked layers, >= 1.
-      bidirectional: add a ``layer_i_reverse`` beside each layer.
-
-    Returns:
-      float32 params (``w_ih [3H, in]``, ``w_hh [3H, H]``, ``b_ih [3H]``,
-      ``b_hh [3H]``), each drawn from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))
-      as PyTorch's ``nn.GRU`` does.
-
-    Raises:
-      TypeError: ``key`` is not one PRNG key, a size is not an int, or ``bidirectional`` is not a bool.
-      ValueError: a size is < 1.
+    The arguments, their checks and the initialisation are ``init_lstm``'s;
+    the params are ``w_ih [3H, in]``, ``w_hh [3H, H]``, ``b_ih [3H]`` and
+    ``b_hh [3H]`` per layer and direction, as PyTorch's ``nn.GRU`` holds them.
     """
     return _init(GRU_CELL, key, input_size, hidden_size, num_layers, bidirectional)
 
