@@ -1,15 +1,23 @@
 """Masks as packed bits: 1 bit per weight, row-major, big-endian within a byte (private).
 
-One layout everywhere a mask leaves memory: ``pack_masks``, checkpoints, the
-bitmap sparse form and the command line's sparse export. NumPy arrays stay
-NumPy (host-side tools), anything else goes through ``jax.numpy``.
+One layout everywhere a mask leaves memory as one flat byte string:
+``pack_masks``, the bitmap sparse form and the command line's sparse export.
+NumPy arrays stay NumPy (host-side tools), anything else goes through
+``jax.numpy``.
+
+Checkpoints (format 3 on) pack along the last axis instead
+(``pack_last_axis``): the packed array keeps the mask's other axes, so it can
+keep the mask's sharding and each device packs, writes and reads only its own
+rows and columns.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,3 +37,68 @@ def unpack_bits(bits: Any, shape: tuple[int, ...]) -> Any:
     """The bool array of ``shape`` that ``pack_bits`` packed into ``bits``."""
     xp = np if isinstance(bits, np.ndarray) else jnp
     return xp.unpackbits(bits, count=math.prod(shape)).astype(bool).reshape(shape)
+
+
+def packed_last_axis_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of ``pack_last_axis`` of a mask of ``shape``: the last axis in bytes (a scalar counts as ``[1]``)."""
+    shape = tuple(shape) or (1,)
+    return (*shape[:-1], (shape[-1] + 7) // 8)
+
+
+def _pack_last_axis(mask: jax.Array) -> jax.Array:
+    mask = mask.reshape(mask.shape or (1,))
+    pad = -mask.shape[-1] % 8
+    if pad:
+        mask = jnp.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, pad)])
+    bytes_ = mask.reshape(*mask.shape[:-1], mask.shape[-1] // 8, 8).astype(jnp.uint8)
+    weights = jnp.asarray([128, 64, 32, 16, 8, 4, 2, 1], jnp.uint8)  # big-endian, as np.packbits
+    return jnp.sum(bytes_ * weights, axis=-1, dtype=jnp.uint8)
+
+
+def _unpack_last_axis(bits: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    shifts = jnp.arange(7, -1, -1, dtype=jnp.uint8)
+    mask = ((bits[..., None] >> shifts) & 1).astype(bool).reshape(*bits.shape[:-1], bits.shape[-1] * 8)
+    return mask[..., : (tuple(shape) or (1,))[-1]].reshape(shape)
+
+
+def _same_layout(sharding: Any) -> Any:
+    """A sharding that lays the packed array out as ``sharding`` lays out the mask, or None to let jit choose.
+
+    A ``NamedSharding``'s spec names mesh axes per array axis, so it fits the
+    packed array too (only the last axis shrinks); a single device is a single
+    device whatever the shape.
+    """
+    if isinstance(sharding, (jax.sharding.NamedSharding, jax.sharding.SingleDeviceSharding)):
+        return sharding
+    return None
+
+
+@functools.cache
+def _jitted(fn: Any, out_shardings: Any, static_argnums: tuple[int, ...] | int = ()) -> Any:
+    """``jax.jit(fn)`` with these output shardings, made once: each new ``jax.jit`` object would retrace."""
+    return jax.jit(fn, out_shardings=out_shardings, static_argnums=static_argnums)
+
+
+def pack_last_axis(mask: Any) -> Any:
+    """``uint8[packed_last_axis_shape(mask.shape)]``: the bits of each row of a bool array, big-endian.
+
+    A NumPy array stays on the host; a ``jax.Array`` is packed where it lives
+    and the result keeps its sharding, so no device sees more than its own
+    shard (the last axis's shards should hold a multiple of 8 entries, else
+    XLA moves the few boundary bits between neighbours).
+    """
+    if isinstance(mask, np.ndarray):
+        return np.packbits(mask.reshape(mask.shape or (1,)), axis=-1)
+    return _jitted(_pack_last_axis, _same_layout(getattr(mask, "sharding", None)))(mask)
+
+
+def unpack_last_axis(bits: Any, shape: tuple[int, ...], sharding: Any = None) -> Any:
+    """The bool array of ``shape`` that ``pack_last_axis`` packed into ``bits``, laid out as ``sharding``.
+
+    With ``sharding=None`` the mask is laid out as ``bits`` is.
+    """
+    shape = tuple(shape)
+    if isinstance(bits, np.ndarray):
+        return np.unpackbits(bits, axis=-1, count=(shape or (1,))[-1]).astype(bool).reshape(shape)
+    out = sharding if sharding is not None else _same_layout(getattr(bits, "sharding", None))
+    return _jitted(_unpack_last_axis, out, static_argnums=1)(bits, shape)

@@ -23,24 +23,33 @@ Checkpoints never lose data silently:
   that exists, or one below a saved step (after rolling back to an earlier
   checkpoint), raises ``FileExistsError`` unless ``overwrite=True`` says to
   drop the abandoned steps.
-* Every stored leaf has a checksum (XXH3, 64 bits) in the
-  checkpoint's layout, checked on every restore: changed bytes raise
-  ``ValueError`` naming the leaf.
+* Every stored leaf has a 64-bit checksum in the checkpoint's layout,
+  checked on every restore: changed bytes raise ``ValueError`` naming the
+  leaf. It is computed where the data lives (see ``_checksums``), so sharded
+  leaves are never gathered, and it does not depend on how they are sharded.
 * One writer per directory: a writing ``Checkpointer`` holds an exclusive lock
   (``flock`` on ``.jaxprune-writer.lock`` in the directory, which the OS
   releases if the process dies), so a second writer fails at once instead of
   interleaving its steps. Readers (``read_only=True``, the ``jaxprune``
   command) take no lock and change nothing on disk.
+
+Across processes (``jax.distributed``), every process makes the same calls
+with the same global arrays: each writes and reads only the shards it holds
+(masks too: they are packed along their last axis and keep their sharding),
+process 0 alone holds the writer lock, and a restore lays every leaf out as
+its ``like`` leaf is sharded, on any mesh.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
 import sys
+import warnings
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,16 +60,23 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import xxhash
+from jax import lax
+from jax.experimental import multihost_utils
 
-from jaxprune._bits import pack_bits, packed_size, unpack_bits
+from jaxprune._bits import pack_last_axis, packed_last_axis_shape, packed_size, unpack_bits, unpack_last_axis
 from jaxprune._checks import check_int
 from jaxprune._tree import PyTree, path_str
 
-# Format 2 adds a checksum per leaf (see _checksums). Format 1 checkpoints, written before
-# checksums existed, are still restored, without verification.
-_FORMAT = "jaxprune-checkpoint-2"
+# Format 3 packs masks along their last axis and checksums with "mix64" (see _checksums), both of
+# which work on sharded arrays without gathering them. Format 2 (flat packed masks, XXH3 of the
+# host bytes) is still restored and verified; format 1, written before checksums, unverified.
+_FORMAT = "jaxprune-checkpoint-3"
+_XXH3_FORMATS = ("jaxprune-checkpoint-2",)
 _UNVERIFIED_FORMATS = ("jaxprune-checkpoint-1",)
+_LAST_AXIS = "last_axis"  # a layout entry's "packing" in format 3; formats 1 and 2 pack flat
+_HOST_WORDS = 1 << 14  # arrays up to this many words are checksummed with NumPy: no compile, and as fast there
 _LOCK_FILE = ".jaxprune-writer.lock"
+_UNAWAITED_METADATA = r"coroutine 'Store\._get_array_metadatas' was never awaited"  # see _ignore_abandoned_reads
 
 
 def _flatten(tree: PyTree) -> tuple[list[tuple[str, Any]], Any]:
@@ -82,7 +98,8 @@ def _describe(leaf: Any) -> dict:
 def _stored(path: str, leaf: Any) -> tuple[dict, Any]:
     """The layout entry of one leaf of a saved state and the array that goes to disk for it."""
     if _is_key(leaf):
-        entry = {"path": path, **_describe(leaf), "packed": False, "impl": str(jax.random.key_impl(leaf))}
+        entry = {"path": path, **_describe(leaf), "packed": False, "numpy": False}
+        entry["impl"] = str(jax.random.key_impl(leaf))
         return entry, jax.random.key_data(leaf)
     if isinstance(leaf, (bool, int, float, complex)):
         leaf = np.asarray(leaf, jnp.result_type(leaf))  # what restore gives back: int -> int32 unless x64
@@ -94,34 +111,150 @@ def _stored(path: str, leaf: Any) -> tuple[dict, Any]:
     ):
         what = f"{type(leaf).__name__} of dtype {dtype}" if dtype is not None else f"{type(leaf).__name__} {leaf!r:.60}"
         raise TypeError(f"`state` leaf {path!r} must be an array or a number (bool, int, float, complex), got {what}.")
-    entry = {"path": path, **_describe(leaf), "packed": dtype == np.bool_}
-    return entry, pack_bits(leaf) if entry["packed"] else leaf  # masks: 1 bit per weight on disk
+    # "numpy": saved from the host, restored to the host (Orbax gives NumPy back), e.g. float64 without x64.
+    entry = {"path": path, **_describe(leaf), "packed": dtype == np.bool_, "numpy": isinstance(leaf, np.ndarray)}
+    if entry["packed"]:  # masks: 1 bit per weight on disk, sharded as the mask is
+        return {**entry, "packing": _LAST_AXIS}, pack_last_axis(leaf)
+    return entry, leaf
+
+
+def _fmix32(h: Any, u32: Any) -> Any:
+    """MurmurHash3's finaliser: a bijection of uint32 in which every input bit flips each output bit ~1/2 the time."""
+    h = h ^ (h >> 16)
+    h = h * u32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * u32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _mix_lanes(words: Any, index: Any, u32: Any) -> tuple[Any, Any]:
+    """Two independently keyed hashes of each word and its flat position; each is a bijection of the word."""
+    a = _fmix32(words ^ (index * u32(0x9E3779B1) + u32(0x3C6EF372)), u32)
+    b = _fmix32(words * u32(0x27D4EB2F) + (index * u32(0x85EBCA77) + u32(0x165667B1)), u32)
+    return a, b
+
+
+def _host_words(x: np.ndarray) -> np.ndarray:
+    """The array's bytes as uint32 words, one per element of 1 or 2 bytes, several per wider one, row-major."""
+    x = np.ascontiguousarray(x)
+    size = x.dtype.itemsize
+    if size < 4:
+        return x.view(f"uint{8 * size}").astype(np.uint32)
+    return x.view(np.uint32)  # little-endian words, as on every platform JAX runs on
+
+
+def _device_words(x: jax.Array) -> jax.Array:
+    """``_host_words`` under jit: the same words (the wider types split on a new last axis), wherever x lives."""
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        x = jnp.stack([x.real, x.imag], axis=-1)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    size = x.dtype.itemsize
+    if size < 4:
+        return lax.bitcast_convert_type(x, jnp.uint8 if size == 1 else jnp.uint16).astype(jnp.uint32)
+    return lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _host_mix64(x: np.ndarray) -> tuple[int, int]:
+    words = _host_words(x).reshape(-1)
+    a, b = _mix_lanes(words, np.arange(words.size, dtype=np.uint32), np.uint32)
+    return int(np.sum(a, dtype=np.uint32)), int(np.sum(b, dtype=np.uint32))
+
+
+@jax.jit
+def _device_mix64(x: jax.Array) -> jax.Array:
+    words = _device_words(x)
+    index = jnp.zeros(words.shape, jnp.uint32)  # row-major flat position, modulo 2**32
+    stride = 1
+    for d in reversed(range(words.ndim)):
+        index = index + lax.broadcasted_iota(jnp.uint32, words.shape, d) * jnp.uint32(stride % 2**32)
+        stride *= words.shape[d]
+    a, b = _mix_lanes(words, index, jnp.uint32)
+    # One reduction with two outputs: XLA fuses it into one pass (two jnp.sum calls take ~10x longer on CPU).
+    zero = jnp.uint32(0)
+    sums = lax.reduce((a, b), (zero, zero), lambda x, y: (x[0] + y[0], x[1] + y[1]), tuple(range(words.ndim)))
+    return jnp.stack(sums)
 
 
 def _checksums(arrays: list[Any]) -> list[str]:
-    """The checksum of each array's bytes on the host (row-major): ``"xxh3_64:<16 hex digits>"``.
+    """The checksum of each array: ``"mix64:<16 hex digits>"``, the same however the array is sharded.
 
-    XXH3 (64-bit) runs at memory speed (~25 GB/s on one core here, against
-    ~3 GB/s for zlib's CRC-32), so verifying a restore costs about 1% of it
-    (benchmarks/export.py measures it). Any change to the bytes is caught but
-    for a chance of 2**-64; it guards against damage, not against tampering.
+    Each 32-bit word of the array's row-major bytes is hashed together with
+    its flat position by two differently keyed murmur3 finalisers (``_fmix32``),
+    and each lane is summed with wrap-around over the whole array. A sum does
+    not care about order, so every device hashes its own shard and only each
+    device's two partial sums cross devices: nothing is gathered, and any
+    sharding, any mesh and the host give the same 64 bits. Each lane is a
+    bijection of the word at a given position, so any single changed word is
+    always caught; other damage is missed with a chance of about 2**-64. It
+    guards against damage, not against tampering. Small fully-addressable
+    arrays are hashed on the host (NumPy; no compile), the rest under jit
+    (~10 GB/s on one CPU core: ~1.5 ms for a 16 MB leaf).
+    """
+    sums: list[Any] = []
+    for x in arrays:
+        if isinstance(x, (np.ndarray, np.generic)) or (x.is_fully_addressable and x.size <= _HOST_WORDS):
+            x = np.asarray(x)
+            sums.append(_host_mix64(x) if x.size <= _HOST_WORDS else _device_mix64(_host_words(x)))
+        else:
+            sums.append(_device_mix64(x))  # dispatched now and read below, so the arrays are hashed in parallel
+    # A device result is replicated on every device, so each process reads it from its own.
+    return [f"mix64:{int(a):08x}{int(b):08x}" for a, b in map(np.asarray, sums)]
+
+
+def _xxh3_checksums(arrays: list[Any]) -> list[str]:
+    """Format 2's checksums: XXH3 (64-bit) of each array's bytes on the host, ``"xxh3_64:<16 hex digits>"``.
+
+    Needs every array whole on this host; ``_read`` raises before a
+    multi-process restore would get here.
     """
     raw = [np.ascontiguousarray(x).reshape(-1).view(np.uint8) for x in arrays]  # also empty and bf16 arrays
     return [f"xxh3_64:{xxhash.xxh3_64_hexdigest(b)}" for b in raw]
 
 
+def _layout_of(sharding: Any) -> Any:
+    """The sharding to restore a derived array (packed bits, key data) with, when it can follow ``sharding``."""
+    if isinstance(sharding, (jax.sharding.NamedSharding, jax.sharding.SingleDeviceSharding)):
+        return sharding  # a spec names mesh axes per array axis: it fits the packed shape and key data too
+    return None
+
+
+def _target(entry: dict, sharding: Any) -> Any:
+    """Where the stored array of ``entry`` is restored to, for a ``like`` leaf laid out as ``sharding``.
+
+    In a one-process run, a leaf with no sharding of its own goes to this
+    process's first device: Orbax would otherwise use the sharding saved with
+    the checkpoint, whose devices need not exist here (saved on 8, restored on 1).
+    """
+    if "numpy" not in entry:  # formats 1 and 2, restored as before: derived arrays wherever Orbax puts them
+        return None if entry["packed"] or "impl" in entry else sharding
+    if entry["numpy"]:
+        return None  # saved from the host: Orbax gives NumPy back
+    if entry["packed"] or "impl" in entry:
+        sharding = _layout_of(sharding)
+    if sharding is None and jax.process_count() == 1:
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return sharding
+
+
 def _abstract(entry: dict, sharding: Any = None) -> jax.ShapeDtypeStruct:
-    """The stored array of a layout entry: packed bits, key data, or the array itself."""
+    """The stored array of a layout entry (packed bits, key data, or the array itself), laid out like ``sharding``."""
+    shape, target = tuple(entry["shape"]), _target(entry, sharding)
     if entry["packed"]:
-        return jax.ShapeDtypeStruct((packed_size(tuple(entry["shape"])),), np.uint8)
+        if entry.get("packing") == _LAST_AXIS:
+            return jax.ShapeDtypeStruct(packed_last_axis_shape(shape), np.uint8, sharding=target)
+        return jax.ShapeDtypeStruct((packed_size(shape),), np.uint8)
     if "impl" in entry:
         data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=entry["impl"])))
-        return jax.ShapeDtypeStruct((*entry["shape"], *data.shape), data.dtype)
-    return jax.ShapeDtypeStruct(tuple(entry["shape"]), np.dtype(entry["dtype"]), sharding=sharding)
+        return jax.ShapeDtypeStruct((*shape, *data.shape), data.dtype, sharding=target)
+    return jax.ShapeDtypeStruct(shape, np.dtype(entry["dtype"]), sharding=target)
 
 
-def _decode(entry: dict, x: Any) -> Any:
+def _decode(entry: dict, x: Any, sharding: Any = None) -> Any:
     if entry["packed"]:
+        if entry.get("packing") == _LAST_AXIS:  # a mask comes back as a jax.Array, even one saved from NumPy
+            x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
+            return unpack_last_axis(x, tuple(entry["shape"]), _layout_of(sharding))
         return unpack_bits(jnp.asarray(x), tuple(entry["shape"]))
     if "impl" in entry:
         return jax.random.wrap_key_data(x, impl=entry["impl"])
@@ -154,6 +287,34 @@ def _lock(directory: Path) -> int:
     return fd
 
 
+def _lock_once(directory: Path) -> int | None:
+    """Takes the writer lock in process 0 only; every process of a multi-process run raises if it failed.
+
+    The processes of one run write one checkpoint together, so one lock
+    stands for all of them; another run's process 0 then fails on it. The
+    others learn process 0's outcome from a broadcast, which also keeps them
+    from touching the directory before process 0 holds the lock.
+    """
+    if jax.process_count() == 1:
+        return _lock(directory)
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = _lock(directory)
+        except (RuntimeError, OSError) as e:
+            error = e
+    got_it = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if error is not None:
+        raise error
+    if not got_it:
+        raise RuntimeError(
+            f"{directory} is already open for writing by another Checkpointer: process 0 of this run could not "
+            "take the writer lock (its error names the holder). One writer at a time; open with read_only=True "
+            "to restore only."
+        )
+    return lock
+
+
 def _ignore_abandoned_reads() -> None:
     """Drops the reports of the reads that Orbax abandoned when a restore failed.
 
@@ -166,7 +327,12 @@ def _ignore_abandoned_reads() -> None:
     The restore has raised already, so the reports say nothing new. Wrapped
     around the current hook before a restore reads (once per hook); every other
     report goes to that hook.
+
+    Restoring onto a given sharding, Orbax reads the arrays' metadata in a task
+    beside the data; when the loop closes before that task starts, Python warns
+    that the coroutine was never awaited: that warning is dropped too.
     """
+    warnings.filterwarnings("ignore", _UNAWAITED_METADATA, RuntimeWarning)  # a no-op when already in place
     previous = sys.unraisablehook
     if getattr(previous, "_drops_abandoned_reads", False):
         return
@@ -238,7 +404,7 @@ class Checkpointer:
                 self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise OSError(e.errno, f"cannot create the checkpoint directory {self.directory}: {e.strerror}") from e
-            lock = _lock(self.directory)  # before Orbax touches anything in the directory
+            lock = _lock_once(self.directory)  # before Orbax touches anything in the directory
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 # Orbax's default creates the step directory in a background thread; when that fails,
@@ -363,7 +529,7 @@ class Checkpointer:
             meta = self._manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore()))["layout"]
         except Exception as e:
             raise self._damaged(step, e) from e
-        if not isinstance(meta, dict) or meta.get("format") not in (_FORMAT, *_UNVERIFIED_FORMATS):
+        if not isinstance(meta, dict) or meta.get("format") not in (_FORMAT, *_XXH3_FORMATS, *_UNVERIFIED_FORMATS):
             raise ValueError(f"{self.directory / str(step)} is not a jaxprune checkpoint.")
         return meta["leaves"]
 
@@ -373,6 +539,12 @@ class Checkpointer:
         Every leaf is checked against the checksum stored when it was saved.
         Checkpoints written before checksums existed (format
         ``jaxprune-checkpoint-1``) are restored without this check.
+
+        Each leaf (masks and PRNG keys too) is laid out as its ``like`` leaf
+        is sharded, whatever mesh saved it; a ``like`` leaf without a
+        sharding (e.g. from ``jax.eval_shape``) goes to the first local
+        device in a one-process run. Leaves saved from NumPy come back as
+        NumPy arrays, masks as ``bool`` ``jax.Array``s.
 
         Raises:
           TypeError: ``step`` is not an int or None.
@@ -403,12 +575,10 @@ class Checkpointer:
                 f"checkpoint step {step} has {len(saved)} leaves but `like` has {len(wanted)}; "
                 f"first unmatched: {extra!r}."
             )
-        targets = {
-            e["key"]: _abstract(e, getattr(ref, "sharding", None) if not (e["packed"] or "impl" in e) else None)
-            for e, (_, ref) in zip(saved, flat)
-        }
+        shardings = [getattr(ref, "sharding", None) for _, ref in flat]
+        targets = {e["key"]: _abstract(e, sharding) for e, sharding in zip(saved, shardings)}
         arrays = self._read(step, saved, targets)
-        leaves = [_decode(e, arrays[e["key"]]) for e in saved]
+        leaves = [_decode(e, arrays[e["key"]], sharding) for e, sharding in zip(saved, shardings)]
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def restore_flat(self, step: int | None = None) -> dict[str, Any]:
@@ -416,11 +586,19 @@ class Checkpointer:
 
         For tools that inspect a checkpoint (the ``jaxprune`` command): the
         tree structure itself is not stored, only its leaves' paths. PRNG keys
-        are left out. Checksums are verified as in ``restore``.
+        are left out. Checksums are verified as in ``restore``. It reads every
+        leaf whole into one process, whatever mesh saved it.
 
         Raises:
           As ``restore``, but there is no template to mismatch.
+          RuntimeError: called in a multi-process run (``jax.distributed``),
+            where leaves span hosts: use ``restore(like=...)`` there.
         """
+        if jax.process_count() > 1:
+            raise RuntimeError(
+                "restore_flat reads every leaf whole into one process; in a multi-process run "
+                f"({jax.process_count()} processes) use restore(like=...), which gives each process its shards."
+            )
         step = self._resolve(step)
         saved = self.layout(step)
         arrays = self._read(step, saved, {e["key"]: _abstract(e) for e in saved})
@@ -453,9 +631,18 @@ class Checkpointer:
             args = ocp.args.Composite(arrays=ocp.args.StandardRestore(targets))
             arrays = self._manager.restore(step, args=args)["arrays"]
         except Exception as e:
+            e = self._data_error(step, args, e)
             raise self._damaged(step, e, saved) from e
         verified = [e for e in saved if "checksum" in e]  # none in format 1
-        for e, checksum in zip(verified, _checksums([arrays[e["key"]] for e in verified])):
+        old = [e for e in verified if str(e["checksum"]).startswith("xxh3_64:")]  # format 2
+        new = [e for e in verified if not str(e["checksum"]).startswith("xxh3_64:")]
+        if any(not getattr(arrays[e["key"]], "is_fully_addressable", True) for e in old):
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} is in format 2, whose checksums need every leaf whole "
+                "on one host: restore it in one process and save it again (format 3) to restore it across processes."
+            )
+        computed = _xxh3_checksums([arrays[e["key"]] for e in old]) + _checksums([arrays[e["key"]] for e in new])
+        for e, checksum in zip(old + new, computed):
             if checksum != e["checksum"]:
                 raise ValueError(
                     f"checkpoint step {step} in {self.directory}: leaf {e['path']!r} does not match its "
@@ -506,6 +693,31 @@ class Checkpointer:
         # OSError(errno, ...) builds the matching subclass (NotADirectoryError, ...).
         return OSError(e.errno, message) if isinstance(e, OSError) and e.errno else OSError(message)
 
+    def _data_error(self, step: int, args: Any, e: Exception) -> Exception:
+        """The data's own error, when a restore failed first on the arrays' metadata file.
+
+        Orbax reads that JSON file beside the data; when both are damaged,
+        either read can fail first. The data's error names the leaf and the
+        file, so a failed JSON read earns one more try (on this error path only).
+        """
+        if not isinstance(e, json.JSONDecodeError):
+            return e
+        try:
+            self._manager.restore(step, args=args)
+        except Exception as again:
+            return e if isinstance(again, json.JSONDecodeError) else again
+        return e
+
+    def _unreadable_json(self, step: int) -> list[str]:
+        """The array metadata files of ``step`` that are not valid JSON (Orbax reads them alongside the data)."""
+        bad = []
+        for path in sorted((self.directory / str(step) / "arrays" / "array_metadatas").glob("*")):
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError):
+                bad.append(str(path.relative_to(self.directory)))
+        return bad
+
     def _damaged(self, step: int, e: Exception, saved: Sequence[dict] = ()) -> ValueError:
         """A short message instead of Orbax's (which quotes ~1 KB of TensorStore spec)."""
         text = str(e).split("[tensorstore_spec", 1)[0]
@@ -515,6 +727,8 @@ class Checkpointer:
         if path is not None:
             where.append(f"leaf {path!r}")
         files = re.findall(re.escape(str(self.directory)) + r"/([^\"'\s\\]+)", text)
+        if not files and isinstance(e, json.JSONDecodeError):  # Python's JSON errors name no file
+            files = self._unreadable_json(step)
         if files:
             where.append(f"file {files[-1]}")
         return ValueError(
