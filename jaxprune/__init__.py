@@ -5,6 +5,7 @@ prunable); ``apply_mask`` inside a jitted step is all a model needs.
 """
 
 from jaxprune import distributions, oneshot, schedules
+from jaxprune._lazy import Lazy
 from jaxprune.checkpoint import Checkpointer
 from jaxprune.export import Bitmap, compact, size_report, to_dense, to_sparse
 from jaxprune.masks import (
@@ -47,6 +48,7 @@ __all__ = [
     "Block",
     "Checkpointer",
     "LayerStats",
+    "Lazy",
     "MCPrediction",
     "Pruner",
     "PrunerState",

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._checks import check_scope
+from jaxprune._lazy import Lazy, evaluated
 from jaxprune._tree import PyTree, check_masks_match, first_difference, leaves_with_paths, unflatten
 from jaxprune.counts import Target, alive_per_group, is_traced, num_pruned, parse_target, scheduled_count
 from jaxprune.select import lowest_k
@@ -97,7 +98,7 @@ def prune(
                 f"NM({structure.n}, {structure.m}) fixes the sparsity at 1 - n/m; pass neither `sparsity` nor `amount`."
             )
         for i in live:
-            new[i] = _nm_keep(s_flat[i][1], m_leaves[i], structure=structure)
+            new[i] = _nm_keep(evaluated(s_flat[i][1]), m_leaves[i], structure=structure)
         return unflatten(treedef, new)
 
     if _is_tree(sparsity):
@@ -218,7 +219,7 @@ def _checked(scores, masks, scope, structure):
         raise ValueError("nothing is prunable in scope: every leaf of `masks` is None.")
     for i in live:
         path, s = s_flat[i]
-        dtype = jnp.result_type(s)
+        dtype = s.dtype if isinstance(s, Lazy) else jnp.result_type(s)
         if not jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(f"`scores` leaf {path!r} must be real numbers (int or float), got {dtype}.")
         structure.check(path, tuple(m_leaves[i].shape))
@@ -235,8 +236,11 @@ def _select_into(s_flat, m_leaves, treedef, live, groups, structure, counts):
     masks_l = [m_leaves[i] for i in live]
     sizes, alive = _unit_counts(masks_l, groups, structure)
     k = counts(sizes, alive)
+    # A Lazy is no pytree: its inputs go through the jit and its function as a static argument.
+    fns = tuple(s.fn if isinstance(s, Lazy) else None for s in scores_l)
+    inputs = [s.args if isinstance(s, Lazy) else s for s in scores_l]
     new = list(m_leaves)
-    for i, m in zip(live, _select(scores_l, masks_l, k, groups=groups, structure=structure)):
+    for i, m in zip(live, _select(inputs, masks_l, k, alive, fns=fns, groups=groups, structure=structure)):
         new[i] = m
     return unflatten(treedef, new)
 
@@ -246,10 +250,14 @@ def _nm_keep(score: jax.Array, mask: jax.Array, *, structure: NM) -> jax.Array:
     return structure.keep(score, mask)
 
 
-@partial(jax.jit, static_argnames=("groups", "structure"))
-def _select(scores, masks, k, *, groups, structure):
-    units = [structure.to_units(s, m) for s, m in zip(scores, masks)]
-    pruned = lowest_k([u for u, _ in units], [a for _, a in units], groups, k)
+@partial(jax.jit, static_argnames=("fns", "groups", "structure"))
+def _select(inputs, masks, k, num_alive, *, fns, groups, structure):
+    scores = [x if fn is None else Lazy(fn, x) for x, fn in zip(inputs, fns)]
+    # A lazy score stays lazy where units are single weights (computed inside each pass of the
+    # selection); a structure reduces it to unit scores first.
+    unstructured = isinstance(structure, Unstructured)
+    units = [structure.to_units(s if unstructured else evaluated(s), m) for s, m in zip(scores, masks)]
+    pruned = lowest_k([u for u, _ in units], [a for _, a in units], groups, k, num_alive=num_alive)
     return [m & structure.expand(a & ~p, m.shape) for m, (_, a), p in zip(masks, units, pruned)]
 
 

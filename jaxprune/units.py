@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune._checks import check_int, check_scope
+from jaxprune._lazy import evaluated
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
 from jaxprune.counts import alive_per_group, num_pruned, parse_target
 from jaxprune.select import lowest_k
@@ -133,7 +134,7 @@ def prune_units(
     for row in located:
         total, alive = 0.0, False
         for i, e in row:
-            norm, a = Structured(axis=e.axis, ord=ord, groups=e.groups).to_units(s_flat[i][1], m_leaves[i])
+            norm, a = Structured(axis=e.axis, ord=ord, groups=e.groups).to_units(evaluated(s_flat[i][1]), m_leaves[i])
             total = total + norm**ord if ord != float("inf") else jnp.maximum(total, norm)
             alive = alive | a
         unit_scores.append(total if ord == float("inf") else total ** (1.0 / ord))

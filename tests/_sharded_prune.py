@@ -49,6 +49,7 @@ def main():
     ]
     assert moved, "no collective found: the HLO pattern is stale"
     masks_sharding = jp.init_masks(sharded)["a"].sharding
+    temp, params_bytes = scratch_per_device(mesh)
     print(
         json.dumps(
             {
@@ -56,9 +57,25 @@ def main():
                 "counts": counts,
                 "largest_collective": max(moved),
                 "mask_sharding_kept": masks_sharding == sharded["a"].sharding,
+                "lazy_scratch_per_device": temp,
+                "params_per_device": params_bytes,
             }
         )
     )
+
+
+def scratch_per_device(mesh):
+    """Per-device scratch memory of a lazy magnitude prune over FSDP-sharded kernels (compiled, not run)."""
+    axes = ("data", "model")
+    by_rows = NamedSharding(mesh, PartitionSpec(axes, None))
+    by_cols = NamedSharding(mesh, PartitionSpec(None, axes))
+    shape = (2048, 4096)
+    params = {"rows": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=by_rows)}
+    params["cols"] = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=by_cols)
+    masks = {k: jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=p.sharding) for k, p in params.items()}
+    prune = jax.jit(lambda p, m: jp.prune(jp.magnitude(p, lazy=True), m, sparsity=0.9))
+    memory = prune.lower(params, masks).compile().memory_analysis()  # of the per-device program
+    return memory.temp_size_in_bytes, 2 * 2048 * 4096 * 4 // 8
 
 
 if __name__ == "__main__":

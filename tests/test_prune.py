@@ -169,6 +169,50 @@ def test_nm_keeps_n_of_every_m_and_respects_earlier_pruning():
 
 
 @pytest.mark.parametrize(
+    "structure, scope",
+    [(None, "global"), (jp.Structured(axis=1), "layer"), (jp.NM(2, 4), "global")],
+    ids=["weights", "rows-per-layer", "nm"],
+)
+def test_lazy_magnitude_prunes_exactly_what_the_stored_one_prunes(structure, scope):
+    params = mlp_params(3)
+    params["dense_1"]["kernel"] = jnp.round(params["dense_1"]["kernel"])  # ties at the threshold
+    masks = jp.init_masks(params)
+    target = {} if isinstance(structure, jp.NM) else {"sparsity": 0.6}
+
+    @jax.jit
+    def both(p, m):
+        lazy = jp.prune(jp.magnitude(p, lazy=True), m, scope=scope, structure=structure, **target)
+        return lazy, jp.prune(jp.magnitude(p), m, scope=scope, structure=structure, **target)
+
+    earlier = jax.tree.map(lambda m: m & (jnp.arange(m.size).reshape(m.shape) % 3 > 0), masks)
+    for m in (masks, earlier):  # and on top of earlier pruning
+        lazy, stored = both(params, m)
+        chex.assert_trees_all_equal(lazy, stored)
+    if structure is not None or scope != "global":
+        return
+    units = jp.mlp_units(["dense_0", "dense_1", "out"], bias=None)
+    by_units = jax.jit(
+        lambda p, m, lazy: jp.prune_units(jp.magnitude(p, lazy=lazy), m, units, sparsity=0.5), static_argnums=2
+    )
+    chex.assert_trees_all_equal(by_units(params, masks, True), by_units(params, masks, False))
+
+
+def test_a_lazy_score_is_a_leaf_not_an_array():
+    w = jnp.arange(-3.0, 3.0).reshape(2, 3)
+    score = jp.magnitude({"w": w}, lazy=True)["w"]
+    assert score.shape == (2, 3) and score.dtype == jnp.float32
+    np.testing.assert_array_equal(score.evaluate(), jnp.abs(w))
+    with pytest.raises(TypeError):
+        score + 1.0  # not an array: no silently wrong arithmetic on the inputs
+    with pytest.raises(TypeError):
+        jax.tree.map(lambda s: s + 1.0, {"w": score})  # one leaf: tree.map does not reach into its inputs
+    with pytest.raises(TypeError, match="`lazy` must be True or False"):
+        jp.magnitude({"w": w}, lazy="yes")
+    with pytest.raises(TypeError, match="`fn` must be callable"):
+        jp.Lazy("abs", (w,))
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({"sparsity": 1.5}, ValueError, r"`sparsity` must be in \[0, 1\]"),

@@ -50,7 +50,7 @@ class PrunerState(NamedTuple):
 
 
 def _magnitude_score(params, grads, key):
-    return scores_lib.magnitude(params)
+    return scores_lib.magnitude(params, lazy=True)  # |w| computed inside the selection's passes, never stored
 
 
 def _random_score(params, grads, key):

@@ -177,10 +177,15 @@ class _DropAndGrow:
             sizes = jnp.asarray([m.size for m in old], jnp.uint32)
             n_move = round_mul(self.fraction(step), active)
             # Drop: the n_move smallest |w| among the active (inactive entries rank below every score).
-            marked = lowest_k([Lazy(jnp.abs, (w,)) for w in weights], old, groups, sizes - active + n_move)
+            marked = lowest_k(
+                [Lazy(jnp.abs, (w,)) for w in weights], old, groups, sizes - active + n_move, num_alive=active
+            )
             kept = [m & ~d for m, d in zip(old, marked)]
-            # Grow: the n_move best-scoring among the rest (kept entries rank first, as "masked out").
-            grown = lowest_k([_negated(grow[i]) for i in live], [~k for k in kept], groups, active)
+            # Grow: the n_move best-scoring among the rest (kept entries rank first, as "masked out");
+            # active - n_move entries are kept, so sizes - active + n_move are candidates.
+            grown = lowest_k(
+                [_negated(grow[i]) for i in live], [~k for k in kept], groups, active, num_alive=sizes - active + n_move
+            )
             new = list(masks)
             for i, k, g in zip(live, kept, grown):
                 new[i] = k | g
