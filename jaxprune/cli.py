@@ -1,7 +1,13 @@
-"""The ``jaxprune`` command: inspect and export checkpoints written by ``jp.Checkpointer``.
+"""The ``jaxprune`` command: inspect and export checkpoints written by ``jp.Checkpointer``, import PyTorch models.
 
   jaxprune inspect CHECKPOINT_DIR [--step N]
   jaxprune export CHECKPOINT_DIR OUT.npz [--format dense|sparse] [--prefix params] [--step N]
+  jaxprune import-torch MODEL.pt OUTDIR [--layout PREFIX=KIND ...] [--key NAME]
+
+``import-torch`` reads a saved ``state_dict`` (plain, or pruned by
+``torch.nn.utils.prune``) with ``torch.load(weights_only=True)``, never
+unpickling code, and writes ``{"params": ..., "masks": ...}`` as step 0 of a
+new checkpoint in OUTDIR (see ``jaxprune.integrations.torch``).
 
 A checkpoint stores leaf paths, not tree types, so masks are matched to
 weights by path: the mask at ``.../X`` (any ``bool`` leaf) applies to the
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -135,6 +142,76 @@ def _export(args: argparse.Namespace) -> None:
     )
 
 
+def _layout(items: list[str]) -> dict[str, str]:
+    layout = {}
+    for item in items:
+        prefix, eq, kind = item.partition("=")
+        if not eq:
+            raise _Error(f"--layout wants PREFIX=KIND (e.g. fc=linear, =lstm for the root module), got {item!r}")
+        layout[prefix] = kind
+    return layout
+
+
+def _torch_state_dict(path: str, key: str | None) -> dict:
+    """The state_dict in ``path``, read without unpickling code; ``key`` picks it out of a dict holding more."""
+    try:
+        import pickle
+
+        import torch
+    except ImportError:
+        raise _Error("import-torch needs PyTorch: pip install torch") from None
+    if not Path(path).is_file():
+        raise _Error(f"no such file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # PyTorch's message is a page long; what matters is whether a class was refused or the file is no pickle.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused is None:
+            reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            raise _Error(f"cannot read {path} as a PyTorch file: {reason.group(1) if reason else e}") from None
+        raise _Error(
+            f"{path} holds a pickled {refused.group(1)} (a whole nn.Module?), which is not loaded "
+            "(weights_only=True: unpickling can run code); save model.state_dict() instead"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise _Error(f"cannot read {path} as a PyTorch file: {e}") from None
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+            raise _Error(f"--key {key!r} is not in {path}; it holds {keys}")
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        what = f"a dict with keys {sorted(map(str, obj))[:10]}" if isinstance(obj, dict) else type(obj).__name__
+        hint = "; pass --key NAME for the entry that holds the state_dict" if isinstance(obj, dict) else ""
+        raise _Error(f"{path} does not hold a state_dict (names -> tensors) but {what}{hint}")
+    return obj
+
+
+def _import_torch(args: argparse.Namespace) -> None:
+    from jaxprune.integrations.torch import from_torch_state_dict
+
+    out = Path(args.outdir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise _Error(f"OUTDIR {args.outdir} exists and is not an empty directory; give a new one")
+    layout = _layout(args.layout)
+    state_dict = _torch_state_dict(args.model, args.key)
+    try:
+        params, masks = from_torch_state_dict(state_dict, layout=layout)
+    except TypeError as e:  # a TypeError here is about the file's contents, reported like the others
+        raise _Error(str(e)) from None
+    with Checkpointer(out) as ckpt:
+        ckpt.save(0, {"params": params, "masks": masks})
+    n = sum(1 for _ in _leaves(params))
+    masked = sum(1 for m in _leaves(masks) if m is not None)
+    print(f"wrote {out} (step 0): {n} arrays from {args.model}, {masked} with masks")
+
+
+def _leaves(tree: dict):
+    for v in tree.values():
+        yield from (_leaves(v) if isinstance(v, dict) else (v,))
+
+
 def _one_line(e: Exception) -> str:
     text = str(e)
     if isinstance(e, OSError) and e.strerror:  # without the "[Errno N]" prefix
@@ -144,7 +221,9 @@ def _one_line(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit code (0, or 2 after printing one error line)."""
-    parser = argparse.ArgumentParser(prog="jaxprune", description="Inspect and export jaxprune checkpoints.")
+    parser = argparse.ArgumentParser(
+        prog="jaxprune", description="Inspect and export jaxprune checkpoints; import PyTorch state_dicts."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_inspect = sub.add_parser("inspect", help="per-layer sparsity table of a checkpoint")
     p_inspect.add_argument("directory")
@@ -155,9 +234,22 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--format", choices=("dense", "sparse"), default="dense")
     p_export.add_argument("--prefix", default="params", help="which subtree holds the weights (default: params)")
     p_export.add_argument("--step", type=int, default=None, help="default: the latest")
+    p_import = sub.add_parser("import-torch", help="a PyTorch state_dict (pruned or not) as a jaxprune checkpoint")
+    p_import.add_argument("model", help="file written by torch.save(model.state_dict(), ...)")
+    p_import.add_argument("outdir", help="new directory for the checkpoint")
+    p_import.add_argument(
+        "--layout",
+        action="append",
+        default=[],
+        metavar="PREFIX=KIND",
+        help="module kind (lstm, gru, linear, conv2d, embedding, layernorm, torch); repeatable. "
+        "LSTM/GRU are inferred, others keep PyTorch's names and layouts",
+    )
+    p_import.add_argument("--key", default=None, help="entry of a dict-shaped file that holds the state_dict")
     args = parser.parse_args(argv)
+    commands = {"inspect": _inspect, "export": _export, "import-torch": _import_torch}
     try:
-        (_inspect if args.command == "inspect" else _export)(args)
+        commands[args.command](args)
     # _Error: the command's own checks; the others: what Checkpointer raises for a missing step,
     # a damaged checkpoint or a file system problem.
     except (_Error, ValueError, OSError, RuntimeError) as e:

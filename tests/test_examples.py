@@ -73,6 +73,9 @@ def test_torch_migration_quick(capsys):
     assert r["amount_sparsity"] == pytest.approx(1 - 0.9**10, abs=2e-3)
     assert r["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert r["same_as_torch"] is True  # torch is in the test extras
+    assert r["imported_masks_identical"] is True and r["export_identical"] is True
+    assert r["import_max_diff"] < 1e-5
+    assert r["checkpoint_bytes"] < 0.6 * r["torch_pruned_bytes"]  # packed bits vs weight_orig + float mask
     assert "Why 65.1%" in capsys.readouterr().out
 
 

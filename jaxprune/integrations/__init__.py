@@ -1,1 +1,4 @@
-"""Framework integrations: ``jaxprune.integrations.flax`` (NNX and Linen)."""
+"""Framework integrations.
+
+``jaxprune.integrations.flax``: NNX and Linen. ``jaxprune.integrations.torch``: PyTorch state_dicts in and out.
+"""
