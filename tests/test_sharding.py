@@ -7,14 +7,17 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def test_global_prune_on_params_sharded_over_8_devices_matches_one_device():
+def on_8_devices(script):
+    """Runs a worker script in a process with 8 simulated CPU devices; returns the JSON it printed last."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "_sharded_prune.py")], env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, str(HERE / script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_global_prune_on_params_sharded_over_8_devices_matches_one_device():
+    result = on_8_devices("_sharded_prune.py")
     assert result["same"], result
     total = 512 * 256 + 256 * 512 + 64 * 96
     assert sum(result["counts"].values()) >= round(0.6 * total)
@@ -27,13 +30,7 @@ def test_global_prune_on_params_sharded_over_8_devices_matches_one_device():
 
 
 def test_oneshot_on_kernels_sharded_over_8_devices_matches_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "_sharded_oneshot.py")], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = on_8_devices("_sharded_oneshot.py")
     n_out, kernel_bytes, hessian_bytes = (result.pop(k) for k in ("n_out", "kernel_bytes", "hessian_bytes"))
     for name, case in result.items():
         assert case["same_mask"] and case["kept_sharding"], (name, case)
