@@ -251,8 +251,8 @@ def lowest_k(
     lazy = [s if isinstance(s, Lazy) else Lazy(_identity, (s,)) for s in scores]
     shapes = [jax.eval_shape(s.fn, *s.args).shape for s in lazy]
     if any(math.prod(shape) == 0 for shape in shapes):
-        marked = _skip_empty([_evaluate(s) for s in lazy], alive, groups, k)
-        return (marked, jnp.int32(len(shapes) > 0)) if with_passes else marked
+        marked, passes = _skip_empty([_evaluate(s) for s in lazy], alive, groups, k)
+        return (marked, passes) if with_passes else marked
     num_groups = int(k.shape[0])
     members: list[list[int]] = [[] for _ in range(num_groups)]
     offsets, sizes = [], [0] * num_groups
@@ -331,21 +331,23 @@ def _evaluate(score: Lazy) -> jax.Array:
     return score.fn(*score.args).astype(jnp.float32)
 
 
-def _skip_empty(scores, alive, groups, k) -> list[jax.Array]:
-    """``lowest_k`` over the leaves that have entries; empty leaves come back as empty masks."""
+def _skip_empty(scores, alive, groups, k) -> tuple[list[jax.Array], jax.Array]:
+    """``lowest_k`` over the leaves that have entries, and its passes; empty leaves come back as empty masks."""
     full = [i for i, s in enumerate(scores) if s.size]
     out = [jnp.zeros(s.shape, bool) for s in scores]
+    passes = jnp.int32(0)
     if full:
         used = sorted({groups[i] for i in full})  # groups renumbered 0..G'-1
-        marked = lowest_k(
+        marked, passes = lowest_k(
             [scores[i] for i in full],
             [alive[i] for i in full],
             [used.index(groups[i]) for i in full],
             k[jnp.asarray(used)],
+            with_passes=True,
         )
         for i, m in zip(full, marked):
             out[i] = m
-    return out
+    return out, passes
 
 
 def _nth_true(preds: Sequence[jax.Array], members: list[list[int]], offsets: list[int], n: jax.Array) -> jax.Array:
