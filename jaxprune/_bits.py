@@ -61,12 +61,13 @@ def _unpack_last_axis(bits: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return mask[..., : (tuple(shape) or (1,))[-1]].reshape(shape)
 
 
-def _same_layout(sharding: Any) -> Any:
-    """A sharding that lays the packed array out as ``sharding`` lays out the mask, or None to let jit choose.
+def same_layout(sharding: Any) -> Any:
+    """``sharding`` where it also fits an array derived from the sharded one (packed bits, PRNG key data), else None.
 
     A ``NamedSharding``'s spec names mesh axes per array axis, so it fits the
-    packed array too (only the last axis shrinks); a single device is a single
-    device whatever the shape.
+    packed array too (only the last axis shrinks) and key data (one more
+    trailing axis); a single device is a single device whatever the shape.
+    None lets jit choose.
     """
     if isinstance(sharding, (jax.sharding.NamedSharding, jax.sharding.SingleDeviceSharding)):
         return sharding
@@ -89,7 +90,7 @@ def pack_last_axis(mask: Any) -> Any:
     """
     if isinstance(mask, np.ndarray):
         return np.packbits(mask.reshape(mask.shape or (1,)), axis=-1)
-    return _jitted(_pack_last_axis, _same_layout(getattr(mask, "sharding", None)))(mask)
+    return _jitted(_pack_last_axis, same_layout(getattr(mask, "sharding", None)))(mask)
 
 
 def unpack_last_axis(bits: Any, shape: tuple[int, ...], sharding: Any = None) -> Any:
@@ -100,5 +101,5 @@ def unpack_last_axis(bits: Any, shape: tuple[int, ...], sharding: Any = None) ->
     shape = tuple(shape)
     if isinstance(bits, np.ndarray):
         return np.unpackbits(bits, axis=-1, count=(shape or (1,))[-1]).astype(bool).reshape(shape)
-    out = sharding if sharding is not None else _same_layout(getattr(bits, "sharding", None))
+    out = sharding if sharding is not None else same_layout(getattr(bits, "sharding", None))
     return _jitted(_unpack_last_axis, out, static_argnums=1)(bits, shape)

@@ -63,7 +63,14 @@ import xxhash
 from jax import lax
 from jax.experimental import multihost_utils
 
-from jaxprune._bits import pack_last_axis, packed_last_axis_shape, packed_size, unpack_bits, unpack_last_axis
+from jaxprune._bits import (
+    pack_last_axis,
+    packed_last_axis_shape,
+    packed_size,
+    same_layout,
+    unpack_bits,
+    unpack_last_axis,
+)
 from jaxprune._checks import check_int
 from jaxprune._tree import PyTree, path_str
 
@@ -212,13 +219,6 @@ def _xxh3_checksums(arrays: list[Any]) -> list[str]:
     return [f"xxh3_64:{xxhash.xxh3_64_hexdigest(b)}" for b in raw]
 
 
-def _layout_of(sharding: Any) -> Any:
-    """The sharding to restore a derived array (packed bits, key data) with, when it can follow ``sharding``."""
-    if isinstance(sharding, (jax.sharding.NamedSharding, jax.sharding.SingleDeviceSharding)):
-        return sharding  # a spec names mesh axes per array axis: it fits the packed shape and key data too
-    return None
-
-
 def _target(entry: dict, sharding: Any) -> Any:
     """Where the stored array of ``entry`` is restored to, for a ``like`` leaf laid out as ``sharding``.
 
@@ -231,7 +231,7 @@ def _target(entry: dict, sharding: Any) -> Any:
     if entry["numpy"]:
         return None  # saved from the host: Orbax gives NumPy back
     if entry["packed"] or "impl" in entry:
-        sharding = _layout_of(sharding)
+        sharding = same_layout(sharding)
     if sharding is None and jax.process_count() == 1:
         return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return sharding
@@ -254,7 +254,7 @@ def _decode(entry: dict, x: Any, sharding: Any = None) -> Any:
     if entry["packed"]:
         if entry.get("packing") == _LAST_AXIS:  # a mask comes back as a jax.Array, even one saved from NumPy
             x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
-            return unpack_last_axis(x, tuple(entry["shape"]), _layout_of(sharding))
+            return unpack_last_axis(x, tuple(entry["shape"]), same_layout(sharding))
         return unpack_bits(jnp.asarray(x), tuple(entry["shape"]))
     if "impl" in entry:
         return jax.random.wrap_key_data(x, impl=entry["impl"])
