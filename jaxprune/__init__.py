@@ -7,7 +7,7 @@ prunable); ``apply_mask`` inside a jitted step is all a model needs.
 from jaxprune import distributions, oneshot, schedules
 from jaxprune._lazy import Lazy
 from jaxprune.checkpoint import Checkpointer
-from jaxprune.export import Bitmap, compact, size_report, to_dense, to_sparse
+from jaxprune.export import Bitmap, size_report, to_dense, to_sparse
 from jaxprune.masks import (
     LayerStats,
     Summary,
@@ -36,8 +36,19 @@ from jaxprune.nn.recurrent import RNNDropout, gru, init_gru, init_lstm, lstm
 from jaxprune.optim import masked_optimizer, zero_pruned
 from jaxprune.pruning import prune
 from jaxprune.scores import magnitude, random, saliency
+from jaxprune.structural import (
+    UnitAxis,
+    UnitSet,
+    compact,
+    gru_units,
+    kept_units,
+    lstm_units,
+    mlp_units,
+    prune_units,
+    trace_units,
+    unit_masks,
+)
 from jaxprune.structures import NM, Block, Structured, Unstructured
-from jaxprune.units import UnitAxis, gru_units, kept_units, lstm_units, mlp_units, prune_units
 
 __version__ = "0.1.0"
 
@@ -60,6 +71,7 @@ __all__ = [
     "Structured",
     "Summary",
     "UnitAxis",
+    "UnitSet",
     "Unstructured",
     "apply_mask",
     "compact",
@@ -94,6 +106,8 @@ __all__ = [
     "summary",
     "to_dense",
     "to_sparse",
+    "trace_units",
+    "unit_masks",
     "unpack_masks",
     "weight_drop",
     "zero_pruned",

@@ -5,13 +5,12 @@
   (ready for sparse matmuls), or as a ``Bitmap`` (packed keep bits plus the kept values in
   row-major order: the smallest form at high sparsity); exact round trips.
 * ``size_report``: bytes of each form.
-* ``compact``: after ``prune_units``, cut the pruned units out of every array that holds
-  them, giving smaller dense layers that compute the same outputs.
+* ``compact`` (in ``structural``, re-exported here): after ``prune_units``, cut the pruned
+  units out of every array that holds them, giving smaller dense layers that compute the same outputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -22,7 +21,7 @@ from jax.experimental import sparse
 from jaxprune._bits import pack_bits, packed_size, unpack_bits
 from jaxprune._tree import PyTree, check_masks_match, is_none, leaves_with_paths, unflatten
 from jaxprune.masks import finalize
-from jaxprune.units import UnitSet, kept_units, locate
+from jaxprune.structural.compaction import compact  # noqa: F401  (its old import path)
 
 
 class Bitmap(NamedTuple):
@@ -102,26 +101,3 @@ def size_report(params: PyTree, masks: PyTree) -> dict[str, int]:
         report["bcoo"] += kept * (np.dtype(p.dtype).itemsize + 4 * max(m.ndim, 1))  # values + int32 indices
         report["bitmap"] += bits + kept * np.dtype(p.dtype).itemsize
     return report
-
-
-def compact(params: PyTree, masks: PyTree, units: Sequence[UnitSet]) -> tuple[PyTree, PyTree]:
-    """Cuts the entirely pruned units out of every entry of each unit set; returns (params, masks), smaller.
-
-    With units pruned by ``prune_units`` (so nothing reads from or writes to a
-    pruned unit), the compacted model computes the masked model's outputs;
-    outputs that are themselves pruned units (the last layer of an LSTM) are
-    zero in the masked model and absent from the compacted one.
-    """
-    p_flat, m_leaves, treedef = check_masks_match(params, masks)
-    located = locate([p for p, _ in p_flat], m_leaves, units)
-    keep = kept_units(masks, units)
-    new_p = [p for _, p in p_flat]
-    new_m = list(m_leaves)
-    for row, idx in zip(located, keep):
-        for i, e in row:
-            axis = e.axis % new_p[i].ndim
-            n_units = m_leaves[i].shape[axis] // e.groups
-            take = (jnp.arange(e.groups)[:, None] * n_units + idx[None, :]).reshape(-1)
-            new_p[i] = jnp.take(new_p[i], take, axis=axis)
-            new_m[i] = jnp.take(new_m[i], take, axis=axis)
-    return unflatten(treedef, new_p), unflatten(treedef, new_m)

@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxprune._lazy import Lazy
@@ -81,6 +82,29 @@ def order_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
     key = jnp.where(magnitude < _U32(0x00800000), _U32(_ZERO), key)
     key = jnp.where(magnitude > _U32(0x7F800000), _U32(_NAN), key)
     return jnp.where(alive, key, _U32(_MASKED))
+
+
+def order_keys_host(scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """``order_keys`` in NumPy, for selections small enough to run on the host (a model's units)."""
+    u = np.ascontiguousarray(scores, np.float32).view(np.uint32)
+    magnitude = u & np.uint32(0x7FFFFFFF)
+    key = np.where((u >> 31) == 1, ~u, u | np.uint32(_ZERO))
+    key = np.where(magnitude < 0x00800000, np.uint32(_ZERO), key)
+    key = np.where(magnitude > 0x7F800000, np.uint32(_NAN), key)
+    return np.where(alive, key, np.uint32(_MASKED)).astype(np.uint32)
+
+
+def lowest_k_host(scores: list[np.ndarray], alive: list[np.ndarray], groups: Sequence[int], k) -> list[np.ndarray]:
+    """``lowest_k`` on the host for 1-D NumPy arrays: the same order, ties taken first in flat order."""
+    marked = [np.zeros(len(s), bool) for s in scores]
+    for g in sorted(set(groups)):
+        members = [i for i, gi in enumerate(groups) if gi == g]
+        keys = np.concatenate([order_keys_host(scores[i], alive[i]) for i in members])
+        chosen = np.zeros(len(keys), bool)
+        chosen[np.argsort(keys, kind="stable")[: int(k[g])]] = True
+        for i, part in zip(members, np.split(chosen, np.cumsum([len(scores[i]) for i in members])[:-1])):
+            marked[i] = part
+    return marked
 
 
 def _key_to_float(key: jax.Array) -> jax.Array:

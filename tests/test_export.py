@@ -86,10 +86,30 @@ def test_compacted_two_layer_lstm_matches_the_masked_one():
     np.testing.assert_allclose(c_small[1], c[1][:, kept], atol=1e-6)
 
 
+def test_unmasked_entries_are_carried_not_scored():
+    # The biases have no mask (init_masks' default): units are scored and masked by their kernels alone,
+    # and compact cuts the biases with them.
+    params = mlp()
+    units = jp.mlp_units(["dense_0", "dense_1", "dense_2"])
+    masks = jp.prune_units(jp.magnitude(params), jp.init_masks(params), units, sparsity=0.5, scope="layer")
+    assert masks["dense_0"]["bias"] is None
+    by_kernels = jp.prune_units(
+        jp.magnitude(params), jp.init_masks(params), [[e for e in s if "bias" not in e.path] for s in units],
+        sparsity=0.5, scope="layer",
+    )  # fmt: skip
+    np.testing.assert_array_equal(masks["dense_0"]["kernel"], by_kernels["dense_0"]["kernel"])
+    small, small_masks = jp.compact(params, masks, units)
+    assert small["dense_0"]["bias"].shape == (16,) and small_masks["dense_0"]["bias"] is None
+    x = jax.random.normal(jax.random.key(1), (4, 10))
+    cut = {k: {"kernel": v["kernel"], "bias": v["bias"]} for k, v in jp.apply_mask(params, masks).items()}
+    np.testing.assert_allclose(forward(small, x), forward(cut, x), atol=1e-5)
+
+
 def test_unit_errors_are_clear():
     params = mlp()
-    with pytest.raises(ValueError, match="'dense_0/bias' has no mask"):
-        jp.prune_units(jp.magnitude(params), jp.init_masks(params), jp.mlp_units(["dense_0", "dense_1"]), sparsity=0.5)
+    only_dense_0 = jp.init_masks(params, where="dense_0")
+    with pytest.raises(ValueError, match="unit set 1 .* has no leaf with a mask"):
+        jp.prune_units(jp.magnitude(params), only_dense_0, jp.mlp_units(["dense_0", "dense_1", "dense_2"]), sparsity=0.5)
     with pytest.raises(ValueError, match="no leaf at path 'nope/kernel'"):
         jp.prune_units(
             jp.magnitude(params),

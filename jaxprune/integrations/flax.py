@@ -17,6 +17,12 @@ in ``apply_gradients``.
 One-shot pruning: ``nnx_input_stats`` and ``linen_input_stats`` collect what
 every ``nnx.Linear`` / ``nn.Dense`` saw on calibration batches, for
 ``jp.oneshot.prune_kernel``.
+
+Structural pruning (``flax_units``, re-exported here): ``nnx_units`` traces a
+module's unit sets, ``nnx_compact`` cuts the pruned ones out into a new,
+smaller module. Linen modules take their sizes from constructor arguments, so
+``jp.compact`` on their variables gives the smaller arrays, and the module
+must be built again with the kept widths (``jp.kept_units`` gives them).
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ from flax import linen as nn
 from flax import nnx, struct
 from flax.training import train_state
 
+from jaxprune.integrations.flax_units import (  # noqa: F401  (re-exported)
+    UNIT_STATE,
+    nnx_compact,
+    nnx_unit_masks,
+    nnx_unit_state,
+    nnx_units,
+)
 from jaxprune.masks import Where, apply_mask, init_masks
 from jaxprune.methods.pruner import Pruner, PrunerState
 from jaxprune.oneshot.sequential import check_target, prune_kernel

@@ -1,0 +1,91 @@
+"""Cutting pruned units out: every leaf axis that holds units loses the positions of the pruned ones, at once.
+
+Several sets can share one leaf axis (the two parts of a concatenation that
+feeds a convolution); each axis is cut once, by the union of what its sets
+remove, so one set's cut never shifts another's positions. The kept
+positions stay in their order, which is what every coupling the tracer
+follows (slices, concatenations, flattens, head splits) needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
+from jaxprune.structural.prune import kept_units
+from jaxprune.structural.unit_sets import UnitAxis, locate
+
+
+def removed_positions(
+    shapes: list, units: Sequence[Sequence[UnitAxis]], located: list, kept: list
+) -> dict[tuple[int, int], np.ndarray]:
+    """``{(leaf index, axis): sorted positions to remove}`` from each set's kept unit indices."""
+    cut: dict[tuple[int, int], list[np.ndarray]] = {}
+    for entries, row, idx in zip(units, located, kept):
+        for e, (i, a) in zip(entries, row):
+            pos = e.positions(shapes[i][a])
+            gone = np.setdiff1d(np.arange(pos.shape[0]), np.asarray(idx))
+            cut.setdefault((i, a), []).append(pos[gone].reshape(-1))
+    return {key: np.unique(np.concatenate(parts)) for key, parts in cut.items()}
+
+
+def compact(params: PyTree, masks: PyTree, units: Sequence[Sequence[UnitAxis]]) -> tuple[PyTree, PyTree]:
+    """Cuts the entirely pruned units out of every entry of each unit set; returns (params, masks), smaller.
+
+    With units pruned by ``prune_units`` and every leaf of a set masked
+    (``jp.unit_masks``), nothing reads from or writes to a pruned unit, so
+    the compacted model computes the masked model's outputs, provided the
+    model takes its sizes from its inputs' shapes (or, for Flax NNX, through
+    ``nnx_compact``, which updates the modules' sizes). Outputs that are
+    themselves pruned units (the last layer of an LSTM) are zero in the
+    masked model and absent from the compacted one. Leaves without a mask in
+    a set (running statistics) are cut too; a unit is pruned when all its
+    masked entries are.
+
+    Host side (not under ``jit``): the kept counts set the new shapes.
+    """
+    check_masks_match(params, masks)
+    kept = kept_units(masks, units)
+    return cut(params, units, kept), cut(masks, units, kept, missing_ok=True)
+
+
+def cut(tree: PyTree, units: Sequence[Sequence[UnitAxis]], kept: Sequence, *, missing_ok: bool = False) -> PyTree:
+    """``tree`` with only the ``kept`` units of each set (``kept_units``' indices); leaves may be abstract.
+
+    Abstract leaves (``jax.ShapeDtypeStruct``, as ``nnx.eval_shape`` gives)
+    come back abstract at their new shapes: that is how a restore builds the
+    template of a compacted model from the original model's definition.
+    """
+    flat, treedef = leaves_with_paths(tree)
+    shapes = [None if x is None else tuple(np.shape(x)) for _, x in flat]
+    if missing_ok:  # a masks tree: sets are located by the shapes of the leaves that have masks
+        has = {p for (p, x) in flat if x is not None}
+        units = [[e for e in s if e.path in has] for s in units]
+    if len(kept) != len(units):
+        raise ValueError(f"`kept` has {len(kept)} entries but there are {len(units)} unit sets.")
+    located = locate([p for p, _ in flat], shapes, units)
+    leaves = [x for _, x in flat]
+    for (i, a), gone in removed_positions(shapes, units, located, kept).items():
+        if not gone.size:
+            continue
+        take = np.setdiff1d(np.arange(shapes[i][a]), gone)
+        x = leaves[i]
+        if isinstance(x, jax.ShapeDtypeStruct):
+            shape = list(x.shape)
+            shape[a] = len(take)
+            leaves[i] = jax.ShapeDtypeStruct(tuple(shape), x.dtype)
+        else:
+            leaves[i] = _take(x, take, a)
+    return unflatten(treedef, leaves)
+
+
+def _take(x, take: np.ndarray, axis: int):
+    """``x`` along ``axis`` at ``take``: on the host for a one-device or NumPy leaf (no compile per shape)."""
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+        return jnp.take(x, take, axis=axis)
+    out = np.take(np.asarray(x), take, axis=axis)
+    return jax.device_put(out, next(iter(x.sharding.device_set))) if isinstance(x, jax.Array) else out

@@ -1,0 +1,273 @@
+"""Choosing which units go: ``prune_units`` scores whole units across every leaf of their set.
+
+A unit's score is the L_ord norm of the scores of all its entries in the
+leaves that have a mask (``jp.magnitude`` gives the group L2 norm that
+Torch-Pruning's ``MagnitudeImportance`` uses; ``jp.saliency(params, grads)``
+with ``ord=1`` gives its first-order Taylor score). Entries whose leaf has no
+mask, such as BatchNorm running statistics, are carried along by ``compact``
+but neither scored nor masked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune._checks import check_int, check_scope
+from jaxprune._lazy import Lazy, evaluated
+from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
+from jaxprune.counts import alive_per_group, is_traced, num_pruned, parse_target
+from jaxprune.masks import init_masks
+from jaxprune.select import lowest_k, lowest_k_host
+from jaxprune.structural.unit_sets import UnitAxis, check_sets, locate, touched_paths
+from jaxprune.structures import Structured
+
+
+def _entry_units(score: jax.Array, alive: jax.Array, e: UnitAxis, axis: int, ord: float):
+    """This entry's per-unit (sum of |score|**ord, or max for inf) and per-unit alive flags."""
+    if e.is_plain():
+        norm, a = Structured(axis=axis, ord=ord, groups=e.groups).to_units(score, alive)
+        return (norm if ord == float("inf") else norm**ord), a
+    pos = e.positions(alive.shape[axis])
+    k = pos.shape[1]
+    take = pos.T.reshape(-1)  # block-major: the axis becomes k blocks of n units, as Structured(groups=k) reads it
+    s = jnp.take(jnp.where(alive, score, 0), take, axis=axis)
+    a = jnp.take(alive, take, axis=axis)
+    norm, a = Structured(axis=axis, ord=ord, groups=k).to_units(s, a)
+    return (norm if ord == float("inf") else norm**ord), a
+
+
+def _expand(keep: jax.Array, e: UnitAxis, axis: int, shape: tuple[int, ...]) -> jax.Array:
+    """``keep`` (one flag per unit) as a mask of ``shape``: positions outside the entry's units are kept."""
+    if e.is_plain():
+        return Structured(axis=axis, groups=e.groups).expand(keep, shape)
+    pos = e.positions(shape[axis])
+    unit_of = np.full(shape[axis], -1, np.int64)
+    unit_of[pos.reshape(-1)] = np.repeat(np.arange(pos.shape[0]), pos.shape[1])
+    line = jnp.where(unit_of >= 0, keep[np.maximum(unit_of, 0)], True)
+    return jnp.broadcast_to(line.reshape([-1 if d == axis else 1 for d in range(len(shape))]), shape)
+
+
+def _excluded(entries: Sequence[UnitAxis], exclude: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(e.path, pat) for e in entries for pat in exclude)
+
+
+def _check_exclude(exclude) -> tuple[str, ...]:
+    if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
+        raise TypeError(f"`exclude` must be a list of path patterns (str), e.g. ['head/*'], got {exclude!r}.")
+    return tuple(exclude)
+
+
+def prune_units(
+    scores: PyTree,
+    masks: PyTree,
+    units: Sequence[Sequence[UnitAxis]],
+    *,
+    sparsity: float | None = None,
+    amount: float | int | None = None,
+    scope: str = "global",
+    ord: float = 2,
+    exclude: Sequence[str] = (),
+    round_to: int = 1,
+) -> PyTree:
+    """Prunes whole units across all their entries; ``sparsity``/``amount`` count units, as in ``prune``.
+
+    A unit's score is the L_ord norm of the (unpruned) scores of its entries
+    in leaves with a mask; a unit is already pruned when all those entries
+    are. Works under ``jit`` with a traced target.
+
+    Args:
+      scores: a pytree like ``masks`` (``jp.magnitude(params)``, ``jp.saliency(params, grads)``).
+      masks: bool masks; leaves without a mask are not scored (a set needs at least one masked leaf).
+      units: unit sets (``trace_units``, ``mlp_units``, or lists of ``UnitAxis``).
+      sparsity: cumulative fraction of the units in scope that are pruned after the call.
+      amount: PyTorch's relative target (fraction or count of the units still unpruned).
+      scope: ``"global"`` ranks the units of all sets together, ``"layer"`` each set on its own.
+      ord: the norm over a unit's entries.
+      exclude: ``fnmatch`` patterns of leaf paths; a set with an entry whose path matches is left alone.
+      round_to: every set keeps a multiple of this many units (its kept count rounded to the
+        nearest multiple, never above what is alive), as hardware likes; 1 keeps the exact count.
+
+    Returns:
+      New masks: every masked entry of a pruned unit is False.
+
+    Raises:
+      ValueError / TypeError: a bad target, scope, pattern or ``round_to``; a set that names a missing leaf,
+        reaches outside it, disagrees on its unit count, or has no masked leaf.
+    """
+    check_scope(scope)
+    target = parse_target(sparsity, amount)
+    exclude = _check_exclude(exclude)
+    round_to = check_int("round_to", round_to, minimum=1)
+    s_flat, m_leaves, treedef = check_masks_match(scores, masks, params_name="scores")
+    paths = [p for p, _ in s_flat]
+    located = locate(paths, [getattr(x, "shape", None) for _, x in s_flat], units)
+    plans = []
+    for s, (entries, row) in enumerate(zip(units, located)):
+        if _excluded(entries, exclude):
+            continue
+        masked = [(e, i, a) for e, (i, a) in zip(entries, row) if m_leaves[i] is not None]
+        if not masked:
+            raise ValueError(
+                f"unit set {s} ({entries[0].path!r}, ...) has no leaf with a mask; make its leaves prunable "
+                "with jp.unit_masks(params, units) or jp.init_masks(params, where=...)."
+            )
+        plans.append(masked)
+    if not plans:
+        return unflatten(treedef, list(m_leaves))
+    used = {i for masked in plans for _, i, _ in masked}
+    traced = is_traced(target.value) or any(_traced(s_flat[i][1]) or is_traced(m_leaves[i]) for i in used)
+    select = _select_traced if traced else _select_on_host
+    new = select([x for _, x in s_flat], list(m_leaves), plans, target, scope, ord, round_to)
+    return unflatten(treedef, new)
+
+
+def _traced(score) -> bool:
+    return any(is_traced(x) for x in (score.args if isinstance(score, Lazy) else (score,)))
+
+
+def _groups(n_sets: int, scope: str) -> tuple[int, ...]:
+    return tuple(0 for _ in range(n_sets)) if scope == "global" else tuple(range(n_sets))
+
+
+def _select_traced(scores, masks, plans, target, scope, ord, round_to):
+    """The selection in XLA, for a jitted step (a traced target, masks or scores)."""
+    unit_scores, unit_alive = [], []
+    for masked in plans:
+        total, alive = 0.0, False
+        for e, i, a in masked:
+            part, al = _entry_units(evaluated(scores[i]), masks[i], e, a, ord)
+            total = jnp.maximum(total, part) if ord == float("inf") else total + part
+            alive = alive | al
+        unit_scores.append(total if ord == float("inf") else total ** (1.0 / ord))
+        unit_alive.append(alive)
+    sizes_per_set = [int(a.shape[0]) for a in unit_alive]
+    groups = _groups(len(plans), scope)
+    sizes = [sum(n for n, g2 in zip(sizes_per_set, groups) if g2 == g) for g in range(max(groups) + 1)]
+    k = num_pruned(target, sizes, alive_per_group(unit_alive, groups), scope)
+    pruned = lowest_k(unit_scores, unit_alive, groups, k)
+    if round_to > 1:
+        pruned = _round_kept(unit_scores, unit_alive, pruned, sizes_per_set, round_to)
+    new = list(masks)
+    for masked, alive, p in zip(plans, unit_alive, pruned):
+        keep = alive & ~p
+        for e, i, a in masked:
+            new[i] = new[i] & _expand(keep, e, a, new[i].shape)
+    return new
+
+
+def _select_on_host(scores, masks, plans, target, scope, ord, round_to):
+    """The same selection in NumPy, for concrete inputs: a model has thousands of units, not millions of
+    weights, and the host takes milliseconds where XLA would compile each step first.
+
+    Norms are float32 sums in another order than XLA's, so the two paths can differ in the last bit.
+    """
+    host_masks = {i: np.asarray(masks[i]) for masked in plans for _, i, _ in masked}
+    unit_scores, unit_alive = [], []
+    for masked in plans:
+        total, alive = 0.0, False
+        for e, i, a in masked:
+            pos = e.positions(host_masks[i].shape[a])
+            take = pos.reshape(-1)
+            m = np.moveaxis(host_masks[i], a, 0)[take].reshape(len(pos), -1)
+            x = np.abs(np.moveaxis(_host_score(scores[i]), a, 0)[take].reshape(len(pos), -1))
+            x = np.where(m, x, np.float32(0))
+            part = x.max(1, initial=0) if ord == float("inf") else (x**ord).sum(1, dtype=np.float32)
+            total = np.maximum(total, part) if ord == float("inf") else total + part
+            alive = alive | m.any(1)
+        unit_scores.append(total if ord == float("inf") else total ** np.float32(1.0 / ord))
+        unit_alive.append(np.asarray(alive, bool))
+    sizes_per_set = [len(a) for a in unit_alive]
+    groups = _groups(len(plans), scope)
+    n_groups = max(groups) + 1
+    sizes = [sum(n for n, g2 in zip(sizes_per_set, groups) if g2 == g) for g in range(n_groups)]
+    alive_counts = np.array(
+        [sum(int(a.sum()) for a, g2 in zip(unit_alive, groups) if g2 == g) for g in range(n_groups)]
+    )
+    k = np.asarray(num_pruned(target, sizes, alive_counts, scope))
+    pruned = lowest_k_host(unit_scores, unit_alive, groups, k)
+    if round_to > 1:
+        kept = np.array([int((a & ~p).sum()) for a, p in zip(unit_alive, pruned)])
+        alive_n = np.array([int(a.sum()) for a in unit_alive])
+        rounded = np.minimum((kept + round_to // 2) // round_to * round_to, alive_n // round_to * round_to)
+        pruned = lowest_k_host(unit_scores, unit_alive, range(len(plans)), np.array(sizes_per_set) - rounded)
+    new = list(masks)
+    for masked, alive, p in zip(plans, unit_alive, pruned):
+        keep = alive & ~p
+        for e, i, a in masked:
+            mask = np.asarray(new[i]) if i not in host_masks else host_masks[i]
+            host_masks[i] = mask & np.asarray(_expand_host(keep, e, a, mask.shape))
+    for i, m in host_masks.items():
+        new[i] = jax.device_put(m, masks[i].sharding) if isinstance(masks[i], jax.Array) else m
+    return new
+
+
+def _host_score(score) -> np.ndarray:
+    if isinstance(score, Lazy) and score.fn is jnp.abs:  # jp.magnitude(lazy=True): |w| without a device call
+        return np.abs(np.asarray(score.args[0], np.float32))
+    return np.asarray(evaluated(score), np.float32)
+
+
+def _expand_host(keep: np.ndarray, e: UnitAxis, axis: int, shape: tuple[int, ...]) -> np.ndarray:
+    pos = e.positions(shape[axis])
+    line = np.ones(shape[axis], bool)
+    line[pos.reshape(-1)] = np.repeat(keep, pos.shape[1])
+    return np.broadcast_to(line.reshape([-1 if d == axis else 1 for d in range(len(shape))]), shape)
+
+
+def _round_kept(unit_scores, unit_alive, pruned, sizes, r):
+    """Re-selects each set's units so that its kept count is a multiple of ``r`` (nearest, at most what is alive)."""
+    kept = jnp.stack([jnp.sum(a & ~p, dtype=jnp.int32) for a, p in zip(unit_alive, pruned)])
+    alive = jnp.stack([jnp.sum(a, dtype=jnp.int32) for a in unit_alive])
+    rounded = jnp.minimum((kept + r // 2) // r * r, alive // r * r)
+    k = (jnp.asarray(sizes, jnp.int32) - rounded).astype(jnp.uint32)
+    return lowest_k(unit_scores, unit_alive, tuple(range(len(sizes))), k)
+
+
+def kept_units(masks: PyTree, units: Sequence[Sequence[UnitAxis]]) -> list[np.ndarray]:
+    """For each unit set, the indices of its units not entirely pruned in the masked leaves (host side, NumPy)."""
+    check_sets(units)
+    flat, _ = leaves_with_paths(masks)
+    leaves = [m for _, m in flat]
+    has_mask = {p for p, m in flat if m is not None}
+    sets = []
+    for s, entries in enumerate(units):
+        masked = [e for e in entries if isinstance(e, UnitAxis) and e.path in has_mask]
+        if not masked and all(isinstance(e, UnitAxis) for e in entries) and entries:
+            raise ValueError(f"unit set {s} ({entries[0].path!r}, ...) has no leaf with a mask in `masks`.")
+        sets.append(masked or entries)  # locate() reports a malformed set
+    located = locate([p for p, _ in flat], [None if m is None else tuple(m.shape) for m in leaves], sets)
+    out = []
+    for entries, row in zip(sets, located):
+        alive = False
+        for e, (i, a) in zip(entries, row):
+            pos = e.positions(leaves[i].shape[a])
+            m = np.moveaxis(np.asarray(leaves[i]), a, 0)[pos.reshape(-1)]
+            alive = alive | m.reshape(len(pos), -1).any(1)
+        out.append(np.nonzero(alive)[0])
+    return out
+
+
+def unit_masks(params: PyTree, units: Sequence[Sequence[UnitAxis]], where=None) -> PyTree:
+    """All-True masks on every floating-point leaf that a unit set touches (``None`` elsewhere).
+
+    With every leaf of a set masked, a pruned unit reads and writes nothing,
+    so the masked model computes what ``compact`` gives. ``where`` (as in
+    ``init_masks``) narrows the choice further, e.g. to leave running
+    statistics unmasked: they are carried along by ``compact``, not scored.
+    """
+    paths = set(touched_paths(units))
+    chosen = init_masks(params, where=lambda path, leaf: path in paths)
+    if where is None:
+        return chosen
+    narrowed = init_masks(params, where=where)
+    return jax.tree.map(
+        lambda a, b: a if (a is not None and b is not None) else None,
+        chosen,
+        narrowed,
+        is_leaf=lambda x: x is None,
+    )
