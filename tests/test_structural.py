@@ -204,3 +204,34 @@ def test_no_warning_for_known_models():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         jp.trace_units(model.apply, model.init(jax.random.key(0)), model.x())
+
+
+def test_gradual_structural_pruning_in_a_jitted_loop_then_one_compaction():
+    import optax
+
+    model = ZOO["cnn_bn"]
+    params, x = model.init(jax.random.key(0)), model.x()
+    sets = jp.trace_units(model.apply, params, x)
+    pruner = jp.Pruner(schedule=jp.schedules.linear(0.5, rounds=2, every=3), units=sets, scope="layer")
+    state = pruner.init(params)
+    opt = jp.masked_optimizer(optax.sgd(0.05))
+    opt_state = opt.init(params)
+    target = jax.random.normal(jax.random.key(1), (x.shape[0], 5))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, opt_state, state, i):
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - target) ** 2))(params)
+        state = pruner.update(state, params, i)
+        updates, opt_state = opt.update(grads, opt_state, params, masks=state.masks)
+        return jp.apply_mask(optax.apply_updates(params, updates), state.masks), opt_state, state
+
+    kept = []
+    for i in range(8):
+        params, opt_state, state = step(params, opt_state, state, i)
+        kept.append([len(k) for k in jp.kept_units(state.masks, sets)])
+    assert kept[:3] == [[6, 12]] * 3 and kept[3:] == [[4, 8]] * 5  # 25% of each set at step 0, 50% at step 3
+    small, _ = jp.compact(params, state.masks, sets)
+    assert _max_diff(model.apply(small, x), model.apply(params, x)) < 1e-5  # pruned weights stayed exactly 0
+    with pytest.raises(ValueError, match="with `units`, give one schedule"):
+        jp.Pruner(schedule={"conv": 0.5}, units=sets)

@@ -14,7 +14,7 @@ non-pruning steps cost a comparison.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -36,6 +36,8 @@ from jaxprune.distributions import Distribution
 from jaxprune.masks import Where, apply_mask, compile_pattern, init_masks
 from jaxprune.pruning import Scope, check_structure, prune_to_targets
 from jaxprune.schedules import Schedule, constant
+from jaxprune.structural.prune import prune_units, unit_masks
+from jaxprune.structural.unit_sets import UnitAxis, check_sets
 from jaxprune.structures import NM, Structure
 
 ScoreFn = Callable[[PyTree, PyTree | None, jax.Array | None], PyTree]
@@ -138,8 +140,19 @@ class Pruner:
         structure: Structure | None = None,
         where: Where = None,
         distribution: str | Distribution | None = None,
+        units: Sequence[Sequence[UnitAxis]] | None = None,
+        ord: float = 2,
+        round_to: int = 1,
     ):
         self.score = _score_fn(score)
+        self.units, self.ord, self.round_to = units, ord, round_to
+        if units is not None:
+            check_sets(units)
+            if isinstance(schedule, Mapping) or structure is not None or distribution is not None:
+                raise ValueError(
+                    "with `units`, give one schedule (not a mapping) and no `structure` or `distribution`: "
+                    "the target is the fraction of units pruned."
+                )
         self.distribution = _distribution_fn(distribution, schedule, scope)
         if isinstance(schedule, Mapping):
             if not schedule:
@@ -171,6 +184,9 @@ class Pruner:
     def init(self, params: PyTree, key: jax.Array | None = None) -> PrunerState:
         """All-True masks for the prunable leaves (``key`` is unused: the method protocol's signature)."""
         del key
+        if self.units is not None:
+            masks = unit_masks(params, self.units, self.where)
+            return PrunerState(masks, jnp.zeros(1, jnp.float32), jnp.zeros((), jnp.int32))
         masks = init_masks(params, self.where)
         self._groups(masks)  # fail early on an unmatched leaf
         return PrunerState(masks, jnp.zeros(len(self.patterns), jnp.float32), jnp.zeros((), jnp.int32))
@@ -193,6 +209,8 @@ class Pruner:
         calling it every step compiles once.
         """
         check_masks_match(params, state.masks, params_name="params", masks_name="state.masks")
+        if self.units is not None:
+            return self._update_units(state, params, step, grads, key)
         groups = self._groups(state.masks)
         wanted = self.targets(step)
         due = wanted > state.targets
@@ -221,6 +239,19 @@ class Pruner:
             jnp.where(due, wanted, state.targets),
             state.count + jnp.any(due).astype(jnp.int32),
         )
+
+    def _update_units(self, state, params, step, grads, key) -> PrunerState:
+        wanted = self.targets(step)
+        due = wanted[0] > state.targets[0]
+
+        def do_prune(masks):
+            scores = self._scores(params, grads, key)
+            return prune_units(
+                scores, masks, self.units, sparsity=wanted[0], scope=self.scope, ord=self.ord, round_to=self.round_to
+            )
+
+        masks = lax.cond(due, do_prune, lambda m: m, state.masks)
+        return PrunerState(masks, jnp.where(due, wanted, state.targets), state.count + due.astype(jnp.int32))
 
     def _leaf_targets(self, masks: PyTree, wanted: jax.Array) -> list[tuple[jax.Array, float] | None]:
         """(target now, final target) of every leaf under the distribution; None where not prunable."""
