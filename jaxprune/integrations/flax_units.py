@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxprune._tree import check_masks_match, leaves_with_paths
 from jaxprune.structural.compaction import cut
-from jaxprune.structural.prune import kept_units, unit_masks
+from jaxprune.structural.unit_pruning import kept_units, unit_masks
 from jaxprune.structural.trace import trace_with_state
 from jaxprune.structural.unit_sets import UnitAxis, UnitSet
 

@@ -36,7 +36,7 @@ from jaxprune.distributions import Distribution
 from jaxprune.masks import Where, apply_mask, compile_pattern, init_masks
 from jaxprune.pruning import Scope, check_structure, prune_to_targets
 from jaxprune.schedules import Schedule, constant
-from jaxprune.structural.prune import prune_units, unit_masks
+from jaxprune.structural.unit_pruning import prune_units, unit_masks
 from jaxprune.structural.unit_sets import UnitAxis, check_sets
 from jaxprune.structures import NM, Structure
 

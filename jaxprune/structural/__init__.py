@@ -3,12 +3,12 @@
 * ``unit_sets``: the set type (``UnitAxis``, ``UnitSet``).
 * ``trace``, ``rules``, ``graph``: sets found from the traced program, one rule per primitive.
 * ``hand``: sets written out for MLPs, ``jp.lstm`` and ``jp.gru``.
-* ``prune``: ``prune_units`` chooses the units; ``compaction``: ``compact`` cuts them out.
+* ``unit_pruning``: ``prune_units`` chooses the units; ``compaction``: ``compact`` cuts them out.
 """
 
 from jaxprune.structural.compaction import compact
 from jaxprune.structural.hand import gru_units, lstm_units, mlp_units
-from jaxprune.structural.prune import kept_units, prune_units, unit_masks
+from jaxprune.structural.unit_pruning import kept_units, prune_units, unit_masks
 from jaxprune.structural.trace import trace_units
 from jaxprune.structural.unit_sets import UnitAxis, UnitSet
 

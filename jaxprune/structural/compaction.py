@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
-from jaxprune.structural.prune import kept_units
+from jaxprune.structural.unit_pruning import kept_units
 from jaxprune.structural.unit_sets import UnitAxis, locate
 
 
