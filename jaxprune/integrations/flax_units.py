@@ -23,8 +23,8 @@ from flax import nnx
 
 from jaxprune._tree import check_masks_match, leaves_with_paths
 from jaxprune.structural.compaction import cut
-from jaxprune.structural.unit_pruning import kept_units, unit_masks
 from jaxprune.structural.trace import trace_with_state
+from jaxprune.structural.unit_pruning import kept_units, unit_masks
 from jaxprune.structural.unit_sets import UnitAxis, UnitSet
 
 # What a unit set may hold in an NNX model: parameters, and the batch statistics carried beside them.

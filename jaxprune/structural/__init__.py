@@ -8,8 +8,8 @@
 
 from jaxprune.structural.compaction import compact
 from jaxprune.structural.hand import gru_units, lstm_units, mlp_units
-from jaxprune.structural.unit_pruning import kept_units, prune_units, unit_masks
 from jaxprune.structural.trace import trace_units
+from jaxprune.structural.unit_pruning import kept_units, prune_units, unit_masks
 from jaxprune.structural.unit_sets import UnitAxis, UnitSet
 
 __all__ = [
