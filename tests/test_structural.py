@@ -4,6 +4,7 @@ Every model of the zoo (tests/structural_zoo.py) must give exactly its expected 
 none merged), and its compacted params must compute the masked model's outputs.
 """
 
+import functools
 import warnings
 
 import chex
@@ -11,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structural_zoo import ZOO
 
 import jaxprune as jp
@@ -235,3 +238,59 @@ def test_gradual_structural_pruning_in_a_jitted_loop_then_one_compaction():
     assert _max_diff(model.apply(small, x), model.apply(params, x)) < 1e-5  # pruned weights stayed exactly 0
     with pytest.raises(ValueError, match="with `units`, give one schedule"):
         jp.Pruner(schedule={"conv": 0.5}, units=sets)
+
+
+def _np_mlp(p, x):
+    for name in ("l0", "l1"):
+        x = np.maximum(x @ np.asarray(p[name]["kernel"]) + np.asarray(p[name]["bias"]), 0)
+    return x @ np.asarray(p["l2"]["kernel"])
+
+
+def _jnp_mlp(p, x):
+    for name in ("l0", "l1"):
+        x = jax.nn.relu(x @ p[name]["kernel"] + p[name]["bias"])
+    return x @ p["l2"]["kernel"]
+
+
+@given(
+    widths=st.tuples(st.sampled_from([1, 2, 5]), st.sampled_from([1, 2, 5])),  # few shapes: XLA compiles per shape
+    seed=st.integers(0, 2**16),
+    sparsity=st.floats(0.0, 1.0),
+    scope=st.sampled_from(["global", "layer"]),
+)
+@settings(max_examples=15)
+def test_unit_pruning_properties(widths, seed, sparsity, scope):
+    """Exact counts; the host (NumPy) and XLA selections agree, ties included; compaction equals masking."""
+    rng = np.random.default_rng(seed)
+    sizes = (3, *widths, 2)
+    # Small integer weights: many units tie, and ties must break the same way on both paths.
+    params = {
+        f"l{i}": {"kernel": rng.integers(-2, 3, (a, b)).astype(np.float32), "bias": np.ones(b, np.float32)}
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+    }
+    del params["l2"]["bias"]
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    sets = jp.trace_units(_jnp_mlp, params, x)
+    assert _as_pairs(sets, params) == [
+        [("l0/bias", 0), ("l0/kernel", 1), ("l1/kernel", 0)],
+        [("l1/bias", 0), ("l1/kernel", 1), ("l2/kernel", 0)],
+    ]
+    masks = jp.unit_masks(params, sets)
+    host = jp.prune_units(jp.magnitude(params), masks, sets, sparsity=sparsity, scope=scope)
+    traced = _jitted_prune(scope)(params, masks, tuple(sets), jnp.float32(sparsity))
+    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(traced)):
+        np.testing.assert_array_equal(a, b)
+    kept = [len(k) for k in jp.kept_units(host, sets)]
+    if scope == "global":
+        assert sum(widths) - sum(kept) == round(np.float32(sparsity) * sum(widths))
+    else:
+        assert [w - k for w, k in zip(widths, kept)] == [round(np.float32(sparsity) * w) for w in widths]
+    small, _ = jp.compact(params, host, sets)
+    np.testing.assert_allclose(_np_mlp(small, x), _np_mlp(jp.apply_mask(params, host), x), atol=1e-5)
+
+
+@functools.cache
+def _jitted_prune(scope):
+    return jax.jit(
+        lambda p, m, sets, s: jp.prune_units(jp.magnitude(p), m, sets, sparsity=s, scope=scope), static_argnums=2
+    )

@@ -11,6 +11,7 @@ but neither scored nor masked.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Sequence
 
 import jax
@@ -27,18 +28,40 @@ from jaxprune.structural.unit_sets import UnitAxis, check_sets, locate, touched_
 from jaxprune.structures import Structured
 
 
-def _entry_units(score: jax.Array, alive: jax.Array, e: UnitAxis, axis: int, ord: float):
-    """This entry's per-unit (sum of |score|**ord, or max for inf) and per-unit alive flags."""
+def _unit_rows(x, e: UnitAxis, axis: int, xp):
+    """``x`` as ``[units, entries per unit]``: each row one unit's entries (a reshape for a plain axis)."""
+    length = x.shape[axis]
+    moved = xp.moveaxis(x, axis, 0)
+    rest = math.prod(moved.shape[1:])
     if e.is_plain():
-        norm, a = Structured(axis=axis, ord=ord, groups=e.groups).to_units(score, alive)
-        return (norm if ord == float("inf") else norm**ord), a
-    pos = e.positions(alive.shape[axis])
-    k = pos.shape[1]
-    take = pos.T.reshape(-1)  # block-major: the axis becomes k blocks of n units, as Structured(groups=k) reads it
-    s = jnp.take(jnp.where(alive, score, 0), take, axis=axis)
-    a = jnp.take(alive, take, axis=axis)
-    norm, a = Structured(axis=axis, ord=ord, groups=k).to_units(s, a)
-    return (norm if ord == float("inf") else norm**ord), a
+        n = length // e.groups
+        return xp.swapaxes(moved.reshape(e.groups, n, rest), 0, 1).reshape(n, e.groups * rest)
+    pos = e.positions(length)
+    return moved[pos.reshape(-1)].reshape(pos.shape[0], pos.shape[1] * rest)
+
+
+def _unit_scores(scores: list, masks: list, plans: list, ord: float, xp) -> tuple[list, list]:
+    """Each set's unit scores and alive flags, in NumPy (``xp=np``) or JAX (``xp=jnp``) alike.
+
+    A unit's score is the sum of ``|s| ** ord`` over its masked entries (the max for ``inf``): the
+    L_ord norm without its root, which orders units the same and keeps equal norms exactly equal.
+    """
+    unit_scores, unit_alive = [], []
+    for masked in plans:
+        total, alive = None, None
+        for e, i, a in masked:
+            m = _unit_rows(masks[i], e, a, xp)
+            x = xp.where(m, xp.abs(_unit_rows(scores[i], e, a, xp).astype(xp.float32)), xp.float32(0))
+            if ord == float("inf"):
+                part = x.max(axis=1, initial=0)
+            else:
+                part = (x if ord == 1 else x * x if ord == 2 else x**ord).sum(axis=1, dtype=xp.float32)
+            both = total is not None
+            total = part if not both else (xp.maximum(total, part) if ord == float("inf") else total + part)
+            alive = m.any(axis=1) if alive is None else alive | m.any(axis=1)
+        unit_scores.append(total)
+        unit_alive.append(alive)
+    return unit_scores, unit_alive
 
 
 def _expand(keep: jax.Array, e: UnitAxis, axis: int, shape: tuple[int, ...]) -> jax.Array:
@@ -136,15 +159,7 @@ def _groups(n_sets: int, scope: str) -> tuple[int, ...]:
 
 def _select_traced(scores, masks, plans, target, scope, ord, round_to):
     """The selection in XLA, for a jitted step (a traced target, masks or scores)."""
-    unit_scores, unit_alive = [], []
-    for masked in plans:
-        total, alive = 0.0, False
-        for e, i, a in masked:
-            part, al = _entry_units(evaluated(scores[i]), masks[i], e, a, ord)
-            total = jnp.maximum(total, part) if ord == float("inf") else total + part
-            alive = alive | al
-        unit_scores.append(total if ord == float("inf") else total ** (1.0 / ord))
-        unit_alive.append(alive)
+    unit_scores, unit_alive = _unit_scores([evaluated(x) for x in scores], masks, plans, ord, jnp)
     sizes_per_set = [int(a.shape[0]) for a in unit_alive]
     groups = _groups(len(plans), scope)
     sizes = [sum(n for n, g2 in zip(sizes_per_set, groups) if g2 == g) for g in range(max(groups) + 1)]
@@ -164,23 +179,12 @@ def _select_on_host(scores, masks, plans, target, scope, ord, round_to):
     """The same selection in NumPy, for concrete inputs: a model has thousands of units, not millions of
     weights, and the host takes milliseconds where XLA would compile each step first.
 
-    Norms are float32 sums in another order than XLA's, so the two paths can differ in the last bit.
+    Scores are float32 sums in another order than XLA's: the two paths agree exactly where the sums are
+    exact (integer-valued scores, ties included), and can differ in the last bit elsewhere.
     """
     host_masks = {i: np.asarray(masks[i]) for masked in plans for _, i, _ in masked}
-    unit_scores, unit_alive = [], []
-    for masked in plans:
-        total, alive = 0.0, False
-        for e, i, a in masked:
-            pos = e.positions(host_masks[i].shape[a])
-            take = pos.reshape(-1)
-            m = np.moveaxis(host_masks[i], a, 0)[take].reshape(len(pos), -1)
-            x = np.abs(np.moveaxis(_host_score(scores[i]), a, 0)[take].reshape(len(pos), -1))
-            x = np.where(m, x, np.float32(0))
-            part = x.max(1, initial=0) if ord == float("inf") else (x**ord).sum(1, dtype=np.float32)
-            total = np.maximum(total, part) if ord == float("inf") else total + part
-            alive = alive | m.any(1)
-        unit_scores.append(total if ord == float("inf") else total ** np.float32(1.0 / ord))
-        unit_alive.append(np.asarray(alive, bool))
+    host_scores = {i: _host_score(scores[i]) for i in host_masks}
+    unit_scores, unit_alive = _unit_scores(host_scores, host_masks, plans, ord, np)
     sizes_per_set = [len(a) for a in unit_alive]
     groups = _groups(len(plans), scope)
     n_groups = max(groups) + 1
@@ -245,9 +249,7 @@ def kept_units(masks: PyTree, units: Sequence[Sequence[UnitAxis]]) -> list[np.nd
     for entries, row in zip(sets, located):
         alive = False
         for e, (i, a) in zip(entries, row):
-            pos = e.positions(leaves[i].shape[a])
-            m = np.moveaxis(np.asarray(leaves[i]), a, 0)[pos.reshape(-1)]
-            alive = alive | m.reshape(len(pos), -1).any(1)
+            alive = alive | _unit_rows(np.asarray(leaves[i]), e, a, np).any(axis=1)
         out.append(np.nonzero(alive)[0])
     return out
 
