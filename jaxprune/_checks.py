@@ -29,6 +29,13 @@ def check_int(name: str, value: Any, *, minimum: int | None = 0) -> int:
     return int(value)
 
 
+def check_ord(ord: Any) -> float:
+    """A norm's order: a positive number or ``float('inf')``."""
+    if isinstance(ord, bool) or not isinstance(ord, (int, float)) or not ord > 0:
+        raise ValueError(f"`ord` must be a positive number or float('inf'), got {ord!r}.")
+    return ord
+
+
 def check_scope(scope: Any) -> str:
     if not isinstance(scope, str) or scope not in SCOPES:
         raise ValueError(f"`scope` must be 'global' or 'layer', got {scope!r}.")

@@ -18,15 +18,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from jaxprune._checks import check_int
+from jaxprune._checks import check_int, check_ord
 from jaxprune.select import order_keys
-
-_ORDS = "a positive number or float('inf')"
-
-
-def _check_ord(ord: float) -> None:
-    if isinstance(ord, bool) or not isinstance(ord, (int, float)) or not ord > 0:
-        raise ValueError(f"`ord` must be {_ORDS}, got {ord!r}.")
 
 
 def _norm(x: jax.Array, ord: float, axes: tuple[int, ...]) -> jax.Array:
@@ -82,7 +75,7 @@ class Structured:
     groups: int = 1
 
     def __post_init__(self):
-        _check_ord(self.ord)
+        check_ord(self.ord)
         check_int("axis", self.axis, minimum=None)
         check_int("groups", self.groups, minimum=1)
 
@@ -122,7 +115,7 @@ class Block:
     ord: float = 1
 
     def __post_init__(self):
-        _check_ord(self.ord)
+        check_ord(self.ord)
         shape = self.shape
         if not isinstance(shape, (tuple, list)) or not shape:
             raise TypeError(f"`shape` must be a non-empty tuple of positive ints, e.g. (4, 4), got {shape!r}.")

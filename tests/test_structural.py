@@ -166,6 +166,10 @@ def test_round_to_exclude_and_taylor_scores():
     rounded = jp.prune_units(jp.magnitude(params), masks, sets, sparsity=0.3, scope="layer", round_to=4)
     # 8 - round(2.4) = 6 kept: 4 and 8 are as near, the higher is taken; 16 - round(4.8) = 11 -> 12.
     assert [len(k) for k in jp.kept_units(rounded, sets)] == [8, 12]
+    in_xla = jax.jit(lambda p, m: jp.prune_units(jp.magnitude(p), m, sets, sparsity=0.3, scope="layer", round_to=4))
+    chex.assert_trees_all_equal(in_xla(params, masks), rounded)
+    with pytest.raises(ValueError, match="`ord` must be a positive number"):
+        jp.prune_units(jp.magnitude(params), masks, sets, sparsity=0.5, ord=0)
     left = jp.prune_units(jp.magnitude(params), masks, sets, sparsity=0.5, scope="layer", exclude=["head/*"])
     assert [len(k) for k in jp.kept_units(left, sets)] == [4, 16]
     with pytest.raises(TypeError, match="`exclude` must be a list of path patterns"):

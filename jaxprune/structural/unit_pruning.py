@@ -18,14 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._checks import check_int, check_scope
+from jaxprune._checks import check_int, check_ord, check_scope
 from jaxprune._lazy import Lazy, evaluated
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
 from jaxprune.counts import alive_per_group, is_traced, num_pruned, parse_target
 from jaxprune.masks import init_masks
 from jaxprune.select import lowest_k, lowest_k_host
 from jaxprune.structural.unit_sets import UnitAxis, check_sets, locate, touched_paths
-from jaxprune.structures import Structured
 
 
 def _unit_rows(x, e: UnitAxis, axis: int, xp):
@@ -64,15 +63,13 @@ def _unit_scores(scores: list, masks: list, plans: list, ord: float, xp) -> tupl
     return unit_scores, unit_alive
 
 
-def _expand(keep: jax.Array, e: UnitAxis, axis: int, shape: tuple[int, ...]) -> jax.Array:
+def _expand(keep, e: UnitAxis, axis: int, shape: tuple[int, ...], xp):
     """``keep`` (one flag per unit) as a mask of ``shape``: positions outside the entry's units are kept."""
-    if e.is_plain():
-        return Structured(axis=axis, groups=e.groups).expand(keep, shape)
     pos = e.positions(shape[axis])
     unit_of = np.full(shape[axis], -1, np.int64)
     unit_of[pos.reshape(-1)] = np.repeat(np.arange(pos.shape[0]), pos.shape[1])
-    line = jnp.where(unit_of >= 0, keep[np.maximum(unit_of, 0)], True)
-    return jnp.broadcast_to(line.reshape([-1 if d == axis else 1 for d in range(len(shape))]), shape)
+    line = xp.where(unit_of >= 0, keep[np.maximum(unit_of, 0)], True)
+    return xp.broadcast_to(line.reshape([-1 if d == axis else 1 for d in range(len(shape))]), shape)
 
 
 def _excluded(entries: Sequence[UnitAxis], exclude: Sequence[str]) -> bool:
@@ -123,6 +120,7 @@ def prune_units(
         reaches outside it, disagrees on its unit count, or has no masked leaf.
     """
     check_scope(scope)
+    check_ord(ord)
     target = parse_target(sparsity, amount)
     exclude = _check_exclude(exclude)
     round_to = check_int("round_to", round_to, minimum=1)
@@ -171,7 +169,7 @@ def _select_traced(scores, masks, plans, target, scope, ord, round_to):
     for masked, alive, p in zip(plans, unit_alive, pruned):
         keep = alive & ~p
         for e, i, a in masked:
-            new[i] = new[i] & _expand(keep, e, a, new[i].shape)
+            new[i] = new[i] & _expand(keep, e, a, new[i].shape, jnp)
     return new
 
 
@@ -204,7 +202,7 @@ def _select_on_host(scores, masks, plans, target, scope, ord, round_to):
         keep = alive & ~p
         for e, i, a in masked:
             mask = np.asarray(new[i]) if i not in host_masks else host_masks[i]
-            host_masks[i] = mask & np.asarray(_expand_host(keep, e, a, mask.shape))
+            host_masks[i] = mask & _expand(keep, e, a, mask.shape, np)
     for i, m in host_masks.items():
         new[i] = jax.device_put(m, masks[i].sharding) if isinstance(masks[i], jax.Array) else m
     return new
@@ -214,13 +212,6 @@ def _host_score(score) -> np.ndarray:
     if isinstance(score, Lazy) and score.fn is jnp.abs:  # jp.magnitude(lazy=True): |w| without a device call
         return np.abs(np.asarray(score.args[0], np.float32))
     return np.asarray(evaluated(score), np.float32)
-
-
-def _expand_host(keep: np.ndarray, e: UnitAxis, axis: int, shape: tuple[int, ...]) -> np.ndarray:
-    pos = e.positions(shape[axis])
-    line = np.ones(shape[axis], bool)
-    line[pos.reshape(-1)] = np.repeat(keep, pos.shape[1])
-    return np.broadcast_to(line.reshape([-1 if d == axis else 1 for d in range(len(shape))]), shape)
 
 
 def _round_kept(unit_scores, unit_alive, pruned, sizes, r):
