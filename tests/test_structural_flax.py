@@ -96,6 +96,25 @@ def test_compacted_module_equals_the_masked_one_and_the_original_is_untouched(ne
     assert template.att.num_heads == 2
 
 
+def test_dropout_in_training_mode_traces():
+    class Mlp(nnx.Module):
+        def __init__(self, rngs):
+            self.a, self.drop, self.b = (
+                nnx.Linear(4, 8, rngs=rngs),
+                nnx.Dropout(0.5, rngs=rngs),
+                nnx.Linear(8, 2, rngs=rngs),
+            )
+
+        def __call__(self, x):
+            return self.b(self.drop(nnx.relu(self.a(x))))
+
+    model = Mlp(nnx.Rngs(0))
+    model.train()
+    counts = jax.tree.leaves(nnx.state(model, nnx.RngCount))
+    assert _paths(nnx_units(model, jnp.ones((3, 4)))) == [[("a/bias", 0), ("a/kernel", 1), ("b/kernel", 0)]]
+    assert jax.tree.leaves(nnx.state(model, nnx.RngCount)) == counts  # the model's RNG streams did not move
+
+
 def test_nnx_errors(net):
     with pytest.raises(TypeError, match=r"`model` must be an nnx\.Module"):
         nnx_units(lambda x: x, jnp.ones((1, 6, 6, 3)))

@@ -50,7 +50,9 @@ def nnx_units(
     graphdef, state, rest = nnx.split(model, UNIT_STATE, ...)
 
     def run(s, *a, **k):
-        m = nnx.merge(graphdef, s, rest)
+        # A copy of the other state (RNG streams) made inside the trace: a dropout layer advances its
+        # RNG count, which it may only do to variables of the trace it runs in.
+        m = nnx.merge(graphdef, s, jax.tree.map(lambda x: x, rest))
         out = m(*a, **k)
         return out, nnx.state(m, UNIT_STATE)
 

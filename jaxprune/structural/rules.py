@@ -34,6 +34,7 @@ class Walker:
     def __init__(self, graph: Graph, paths: list[str], unknown: str, whole_heads: bool = True):
         self.g, self.paths, self.unknown, self.whole_heads = graph, paths, unknown, whole_heads
         self.warned: set[str] = set()
+        self.unknowns: list[tuple[str, list[np.ndarray]]] = []  # (primitive, the nodes it fixed)
 
     def fresh(self, shape, fixed: bool = False) -> tuple[np.ndarray, ...]:
         return tuple(self.g.new(int(n), fixed) for n in shape)
@@ -67,24 +68,52 @@ class Walker:
         return self.walk(closed.jaxpr, consts, args)
 
     def no_rule(self, eqn, ins: list[Value], leaves: frozenset[int]) -> list[Axes]:
+        """Fixes every axis a primitive without a rule touches; raises first if it reads a leaf and
+        ``unknown="error"``. Where it reads none (an op on a dropout mask), ``check_unknown`` looks,
+        once the units are known, whether what it fixed reached one."""
         name = eqn.primitive.name
         if leaves and self.unknown == "error":
-            paths = ", ".join(repr(self.paths[i]) for i in sorted(leaves)[:5]) + (", ..." if len(leaves) > 5 else "")
-            raise ValueError(
-                f"trace_units has no rule for the primitive {name!r}, which reads leaves {paths}; rather than guess "
-                "how it couples their axes it stops. Pass unknown='exclude' to keep every axis it touches out of "
-                "all unit sets, or add a rule to jaxprune.structural.rules.RULES."
-            )
-        if leaves and name not in self.warned:
+            raise self.unknown_error(name, leaves)
+        touched = [a for x in ins for a in x.axes]
+        outs = [self.fresh(v.aval.shape, fixed=True) for v in eqn.outvars]
+        for a in touched:
+            self.g.fix(a)
+        self.unknowns.append((name, [*touched, *(a for o in outs for a in o)]))
+        return outs
+
+    def unknown_error(self, name: str, leaves) -> ValueError:
+        return ValueError(
+            f"trace_units has no rule for the primitive {name!r}, which reaches leaves {self.names(leaves)}; "
+            "rather than guess how it couples their axes it stops. Pass unknown='exclude' to keep every axis "
+            "it touches out of all unit sets, or add a rule to jaxprune.structural.rules.RULES."
+        )
+
+    def names(self, leaves) -> str:
+        leaves = sorted(leaves)
+        return ", ".join(repr(self.paths[i]) for i in leaves[:5]) + (", ..." if len(leaves) > 5 else "")
+
+    def check_unknown(self, labels: np.ndarray, leaf_vals: list[Value]) -> None:
+        """Raises (``unknown="error"``) or warns, naming the primitive, where a primitive without a rule
+        fixed positions coupled with a leaf's."""
+        if not self.unknowns:
+            return
+        owner = {}
+        for i, v in enumerate(leaf_vals):
+            for a in v.axes:
+                for c in np.unique(labels[a]):
+                    owner.setdefault(int(c), set()).add(i)
+        for name, nodes in self.unknowns:
+            reached = set().union(*(owner.get(int(c), set()) for a in nodes for c in np.unique(labels[a])))
+            if not reached or name in self.warned:
+                continue
+            if self.unknown == "error":
+                raise self.unknown_error(name, reached)
             self.warned.add(name)
             warnings.warn(
-                f"trace_units: no rule for the primitive {name!r}; the axes it touches are kept out of every unit set.",
+                f"trace_units: no rule for the primitive {name!r}; the axes it touches, coupled with leaves "
+                f"{self.names(reached)}, are kept out of every unit set.",
                 stacklevel=4,
             )
-        for x in ins:
-            for a in x.axes:
-                self.g.fix(a)
-        return [self.fresh(v.aval.shape, fixed=True) for v in eqn.outvars]
 
 
 Rule = Callable[[Walker, object, list[Value]], list[Axes]]
@@ -131,6 +160,18 @@ def _elementwise(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
                 w.g.unite(out[d], a)
     axes = [a if a is not None else w.g.new(n) for a, n in zip(out, shape)]
     return [axes for _ in eqn.outvars]
+
+
+@rule("bitcast_convert_type")
+def _bitcast(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
+    """Same width: elementwise. Narrower: one value becomes a new last axis of parts; wider: the reverse."""
+    x, shape = ins[0].axes, _out_shape(eqn)
+    if len(shape) == len(x):
+        return [list(x)]
+    if len(shape) > len(x):
+        return [[*x, w.g.new(shape[-1], fixed=True)]]
+    w.g.fix(x[-1])
+    return [list(x[:-1])]
 
 
 @rule("device_put", "optimization_barrier", "sharding_constraint", "mesh_cast", "reshard", "pvary", "name")

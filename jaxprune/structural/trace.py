@@ -155,6 +155,7 @@ def trace_with_state(
                 g.fix(b)
     leaf_nodes = [a for v in leaf_vals for a in v.axes]
     labels = g.resolve(leaf_nodes, inner=heads == "dims")
+    walker.check_unknown(labels, leaf_vals)
     return _sets(g, labels, leaf_vals, paths)
 
 
