@@ -103,8 +103,17 @@ def init_masks(params: PyTree, where: Where = None) -> PyTree:
         paths = ", ".join(repr(p) for p, x in flat if x is not None) or "none"
         what = "the default rule (floating-point leaves with ndim >= 2)" if where is None else f"`where`={where!r}"
         raise ValueError(f"{what} selects no floating-point leaf of `params`; its leaf paths are: {paths}.")
-    masks = [jnp.ones_like(x, dtype=bool) if c else None for (_, x), c in zip(flat, chosen)]
+    masks = [_all_true(x) if c else None for (_, x), c in zip(flat, chosen)]
     return unflatten(treedef, masks)
+
+
+def _all_true(x: Any) -> jax.Array:
+    """A True mask of ``x``'s shape and sharding; built on the host for a one-device leaf, where
+    ``jnp.ones_like`` would compile a program for every new shape (a model has dozens)."""
+    if isinstance(x, jax.core.Tracer) or (isinstance(x, jax.Array) and len(x.sharding.device_set) > 1):
+        return jnp.ones_like(x, dtype=bool)
+    ones = np.ones(np.shape(x), bool)
+    return jax.device_put(ones, x.sharding) if isinstance(x, jax.Array) else jnp.asarray(ones)
 
 
 def _zero_pruned(p: jax.Array, m: jax.Array) -> jax.Array:

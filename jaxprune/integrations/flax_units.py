@@ -88,19 +88,22 @@ def nnx_compact(
         check_masks_match(state, masks, params_name="nnx_unit_state(model)")
         kept = kept_units(masks, units)
     graphdef, _, rest = nnx.split(model, UNIT_STATE, ...)
-    small = nnx.merge(graphdef, cut(state, units, kept), rest)
-    for (path, before), (_, after) in zip(nnx.iter_modules(model), nnx.iter_modules(small)):
-        if _tree_shapes(before) != _tree_shapes(after):
-            _resize(after, before, "/".join(map(str, path)) or "<root>")
+    new_state = cut(state, units, kept)
+    shapes = [dict((p, np.shape(x)) for p, x in leaves_with_paths(t)[0]) for t in (state, new_state)]
+    resized = {
+        "/".join(p.split("/")[:k]) for p in shapes[0] if shapes[0][p] != shapes[1][p] for k in range(p.count("/") + 1)
+    }
+    small = nnx.merge(graphdef, new_state, rest)
+    old_modules = dict(nnx.iter_modules(model))
+    for path, module in nnx.iter_modules(small):
+        name = "/".join(map(str, path))
+        if name in resized:
+            _resize(module, old_modules[path], name or "<root>")
     return small
 
 
 def _shape(v: nnx.Variable) -> tuple[int, ...]:
     return tuple(np.shape(v.get_value()))
-
-
-def _tree_shapes(module: nnx.Module) -> list[tuple[int, ...]]:
-    return [tuple(np.shape(x)) for x in jax.tree.leaves(nnx.state(module))]
 
 
 def _shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
