@@ -30,7 +30,6 @@ class Product:
 
     flat: np.ndarray
     factors: list[np.ndarray]
-    where: str
 
 
 @dataclass
@@ -63,8 +62,8 @@ class Graph:
     def reduce(self, nodes: np.ndarray, why: str) -> None:
         self.reduced.append((nodes, why))
 
-    def product(self, flat: np.ndarray, factors: list[np.ndarray], where: str) -> None:
-        self.products.append(Product(flat, factors, where))
+    def product(self, flat: np.ndarray, factors: list[np.ndarray]) -> None:
+        self.products.append(Product(flat, factors))
 
     def components(self) -> np.ndarray:
         """The component label of every node."""

@@ -261,17 +261,16 @@ def _reshape(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
                 b.append(o_dims[j])
                 pb *= dst[o_dims[j]]
         i, j = i + 1, j + 1
-        where = f"reshape {tuple(src)} -> {tuple(dst)}"
         if len(a) == 1:
             flat = x[a[0]]
         else:
             flat = w.g.new(pa)
-            w.g.product(flat, [x[d] for d in a], where)
+            w.g.product(flat, [x[d] for d in a])
         if len(b) == 1:
             out[b[0]] = flat
         else:
             parts = [w.g.new(dst[d]) for d in b]
-            w.g.product(flat, parts, where)
+            w.g.product(flat, parts)
             for d, p in zip(b, parts):
                 out[d] = p
     return [[a if a is not None else w.g.new(n) for a, n in zip(out, dst)]]

@@ -11,7 +11,7 @@ written for it (``rules.py``). An operation without a rule stops the trace
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -265,8 +265,3 @@ def _entry(path: str, axis: int, length: int, positions: np.ndarray) -> UnitAxis
     if offset == 0 and stride == 1 and n * per == length and (not blocks or blocks == ((per, n),)):
         return UnitAxis(path, axis, per)  # the whole axis, in `per` equal blocks: the hand-written form
     return UnitAxis(path, axis, offset=offset, size=n, stride=stride, blocks=blocks)
-
-
-def sets_summary(sets: Sequence[UnitSet]) -> str:
-    """One line per set: its unit count and entries (for printing)."""
-    return "\n".join(f"{i}: {s!r}" for i, s in enumerate(sets))
