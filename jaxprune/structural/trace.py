@@ -18,9 +18,10 @@ import jax
 import numpy as np
 
 from jaxprune._tree import PyTree, leaves_with_paths
+from jaxprune.structural import rules  # noqa: F401  (fills the table of rules)
 from jaxprune.structural.graph import Graph
-from jaxprune.structural.rules import Value, Walker
 from jaxprune.structural.unit_sets import UnitAxis, UnitSet, affine
+from jaxprune.structural.walk import Value, Walker
 
 _UNKNOWN = ("error", "exclude")
 _HEADS = ("whole", "dims")
