@@ -309,3 +309,22 @@ def _jitted_prune(scope):
     return jax.jit(
         lambda p, m, sets, s: jp.prune_units(jp.magnitude(p), m, sets, sparsity=s, scope=scope), static_argnums=2
     )
+
+
+def test_a_broadcast_size_one_axis_is_no_unit():
+    # A learned position table [1, T, D] added to every example: its first axis is repeated, not a channel.
+    def model(p, x):
+        h = jax.nn.relu(x @ p["embed"] + p["pos"])
+        return h.mean(1) @ p["head"]
+
+    params = {"embed": jnp.ones((4, 8)), "pos": jnp.ones((1, 5, 8)), "head": jnp.ones((8, 3))}
+    sets = jp.trace_units(model, params, jnp.ones((2, 5, 4)))
+    assert _as_pairs(sets, params) == [[("embed", 1), ("head", 0), ("pos", 2)]]
+    # Sets that no mask covers are kept whole by compact.
+    masks = jp.init_masks(params, where="head")
+    masks = jp.prune_units(jp.magnitude(params), masks, sets, sparsity=0.5)
+    small, _ = jp.compact(params, masks, sets)
+    assert small["pos"].shape == (1, 5, 4)
+    no_masks = jax.tree.map(lambda _: None, params)
+    small, _ = jp.compact(params, no_masks, sets)
+    assert jax.tree.map(jnp.shape, small) == jax.tree.map(jnp.shape, params)

@@ -21,10 +21,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxprune._tree import check_masks_match, leaves_with_paths
-from jaxprune.structural.compaction import cut
+from jaxprune._tree import leaves_with_paths
+from jaxprune.structural.compaction import cut, kept_or_all
 from jaxprune.structural.trace import trace_with_state
-from jaxprune.structural.unit_pruning import kept_units, unit_masks
+from jaxprune.structural.unit_pruning import unit_masks
 from jaxprune.structural.unit_sets import UnitAxis, UnitSet
 
 # What a unit set may hold in an NNX model: parameters, and the batch statistics carried beside them.
@@ -85,8 +85,7 @@ def nnx_compact(
     if kept is None:
         if masks is None:
             raise ValueError("give `masks` (after prune_units) or `kept` (kept_units' indices per set).")
-        check_masks_match(state, masks, params_name="nnx_unit_state(model)")
-        kept = kept_units(masks, units)
+        kept = kept_or_all(state, masks, units)
     graphdef, _, rest = nnx.split(model, UNIT_STATE, ...)
     new_state = cut(state, units, kept)
     shapes = [dict((p, np.shape(x)) for p, x in leaves_with_paths(t)[0]) for t in (state, new_state)]

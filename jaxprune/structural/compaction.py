@@ -48,9 +48,23 @@ def compact(params: PyTree, masks: PyTree, units: Sequence[Sequence[UnitAxis]]) 
 
     Host side (not under ``jit``): the kept counts set the new shapes.
     """
-    check_masks_match(params, masks)
-    kept = kept_units(masks, units)
+    kept = kept_or_all(params, masks, units)
     return cut(params, units, kept), cut(masks, units, kept, missing_ok=True)
+
+
+def kept_or_all(params: PyTree, masks: PyTree, units: Sequence[Sequence[UnitAxis]]) -> list[np.ndarray]:
+    """``kept_units``, with every unit kept in a set that has no mask at all (it was not pruned)."""
+    p_flat, m_leaves, _ = check_masks_match(params, masks)
+    shapes = [None if x is None else tuple(np.shape(x)) for _, x in p_flat]
+    located = locate([p for p, _ in p_flat], shapes, units)
+    out = []
+    for entries, row in zip(units, located):
+        if any(m_leaves[i] is not None for i, _ in row):
+            out.append(kept_units(masks, [entries])[0])
+        else:
+            (i, a), e = row[0], entries[0]
+            out.append(np.arange(e.num_units(shapes[i][a])))
+    return out
 
 
 def cut(tree: PyTree, units: Sequence[Sequence[UnitAxis]], kept: Sequence, *, missing_ok: bool = False) -> PyTree:
@@ -62,11 +76,12 @@ def cut(tree: PyTree, units: Sequence[Sequence[UnitAxis]], kept: Sequence, *, mi
     """
     flat, treedef = leaves_with_paths(tree)
     shapes = [None if x is None else tuple(np.shape(x)) for _, x in flat]
-    if missing_ok:  # a masks tree: sets are located by the shapes of the leaves that have masks
-        has = {p for (p, x) in flat if x is not None}
-        units = [[e for e in s if e.path in has] for s in units]
     if len(kept) != len(units):
         raise ValueError(f"`kept` has {len(kept)} entries but there are {len(units)} unit sets.")
+    if missing_ok:  # a masks tree: only the entries whose leaves have masks are there to cut
+        has = {p for (p, x) in flat if x is not None}
+        pairs = [([e for e in s if e.path in has], k) for s, k in zip(units, kept)]
+        units, kept = [s for s, _ in pairs if s], [k for s, k in pairs if s]
     located = locate([p for p, _ in flat], shapes, units)
     leaves = [x for _, x in flat]
     for (i, a), gone in removed_positions(shapes, units, located, kept).items():

@@ -40,7 +40,8 @@ def _elementwise(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
             continue  # a scalar operand
         for d, a in enumerate(x.axes):
             if len(a) != shape[d]:
-                continue  # a size-1 axis broadcast by the primitive itself
+                w.g.fix(a)  # a size-1 axis broadcast by the primitive itself: one value for all, no channel
+                continue
             if out[d] is None:
                 out[d] = a
             else:
@@ -91,6 +92,8 @@ def _broadcast_in_dim(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
     for i, d in enumerate(eqn.params["broadcast_dimensions"]):
         if len(ins[0].axes[i]) == shape[d]:
             out[d] = ins[0].axes[i]
+        else:  # a size-1 axis repeated: one value for every position, no channel
+            w.g.fix(ins[0].axes[i])
     return [[a if a is not None else w.g.new(n) for a, n in zip(out, shape)]]
 
 
