@@ -273,7 +273,7 @@ def _jnp_mlp(p, x):
     sparsity=st.floats(0.0, 1.0),
     scope=st.sampled_from(["global", "layer"]),
 )
-@settings(max_examples=15)
+@settings(max_examples=10)
 def test_unit_pruning_properties(widths, seed, sparsity, scope):
     """Exact counts; the host (NumPy) and XLA selections agree, ties included; compaction equals masking."""
     rng = np.random.default_rng(seed)
