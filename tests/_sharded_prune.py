@@ -39,6 +39,14 @@ def main():
         masks = jp.init_masks(p)
         out[name] = jax.device_get(run(p, masks, jnp.float32(0.6)))
     same = all(np.array_equal(out["sharded"][k], out["single"][k]) for k in params)
+    # Whole units, called eagerly: sharded leaves take the XLA path (the host path would gather them).
+    units = [[jp.UnitAxis("a", 1), jp.UnitAxis("b", 0)]]
+    by_units = {
+        name: jp.prune_units(jp.magnitude(p), jp.unit_masks(p, units), units, sparsity=0.5)
+        for name, p in (("sharded", sharded), ("single", single))
+    }
+    units_same = all(np.array_equal(by_units["sharded"][k], by_units["single"][k]) for k in ("a", "b"))
+    units_sharding = all(by_units["sharded"][k].sharding == sharded[k].sharding for k in ("a", "b"))
     counts = {k: int((~out["sharded"][k]).sum()) for k in params}
     hlo = run.lower(sharded, jp.init_masks(sharded), jnp.float32(0.6)).compile().as_text()
     # No collective may move a whole leaf: only counts and small samples cross devices.
@@ -57,6 +65,8 @@ def main():
                 "counts": counts,
                 "largest_collective": max(moved),
                 "mask_sharding_kept": masks_sharding == sharded["a"].sharding,
+                "units_same": units_same,
+                "units_sharding_kept": units_sharding,
                 "lazy_scratch_per_device": temp,
                 "params_per_device": params_bytes,
             }

@@ -22,6 +22,7 @@ def test_global_prune_on_params_sharded_over_8_devices_matches_one_device():
     total = 512 * 256 + 256 * 512 + 64 * 96
     assert sum(result["counts"].values()) >= round(0.6 * total)
     assert result["mask_sharding_kept"]
+    assert result["units_same"] and result["units_sharding_kept"], result  # prune_units, called eagerly
     # Only per-leaf counts and the ~65k-entry sample may be gathered, never a whole leaf.
     assert result["largest_collective"] < 256 * 512, result
     # A lazy |w| is never stored: per device, scratch is a fraction of the device's own weights (partial

@@ -141,10 +141,18 @@ def prune_units(
     if not plans:
         return unflatten(treedef, list(m_leaves))
     used = {i for masked in plans for _, i, _ in masked}
-    traced = is_traced(target.value) or any(_traced(s_flat[i][1]) or is_traced(m_leaves[i]) for i in used)
-    select = _select_traced if traced else _select_on_host
+    in_xla = is_traced(target.value) or any(
+        _traced(s_flat[i][1]) or is_traced(m_leaves[i]) or _spans_devices(s_flat[i][1]) or _spans_devices(m_leaves[i])
+        for i in used
+    )  # traced, or sharded over several devices (which the host would gather): the selection runs in XLA
+    select = _select_traced if in_xla else _select_on_host
     new = select([x for _, x in s_flat], list(m_leaves), plans, target, scope, ord, round_to)
     return unflatten(treedef, new)
+
+
+def _spans_devices(x) -> bool:
+    leaves = x.args if isinstance(x, Lazy) else (x,)
+    return any(isinstance(a, jax.Array) and len(a.sharding.device_set) > 1 for a in leaves)
 
 
 def _traced(score) -> bool:
