@@ -203,14 +203,13 @@ def _select_on_host(scores, masks, plans, target, scope, ord, round_to):
     if round_to > 1:
         kept = np.array([int((a & ~p).sum()) for a, p in zip(unit_alive, pruned)])
         alive_n = np.array([int(a.sum()) for a in unit_alive])
-        rounded = np.minimum((kept + round_to // 2) // round_to * round_to, alive_n // round_to * round_to)
-        pruned = lowest_k_host(unit_scores, unit_alive, range(len(plans)), np.array(sizes_per_set) - rounded)
+        k_sets = np.array(sizes_per_set) - _rounded(kept, alive_n, round_to, np)
+        pruned = lowest_k_host(unit_scores, unit_alive, range(len(plans)), k_sets)
     new = list(masks)
     for masked, alive, p in zip(plans, unit_alive, pruned):
         keep = alive & ~p
         for e, i, a in masked:
-            mask = np.asarray(new[i]) if i not in host_masks else host_masks[i]
-            host_masks[i] = mask & _expand(keep, e, a, mask.shape, np)
+            host_masks[i] = host_masks[i] & _expand(keep, e, a, host_masks[i].shape, np)
     for i, m in host_masks.items():
         new[i] = jax.device_put(m, masks[i].sharding) if isinstance(masks[i], jax.Array) else m
     return new
@@ -226,9 +225,13 @@ def _round_kept(unit_scores, unit_alive, pruned, sizes, r):
     """Re-selects each set's units so that its kept count is a multiple of ``r`` (nearest, at most what is alive)."""
     kept = jnp.stack([jnp.sum(a & ~p, dtype=jnp.int32) for a, p in zip(unit_alive, pruned)])
     alive = jnp.stack([jnp.sum(a, dtype=jnp.int32) for a in unit_alive])
-    rounded = jnp.minimum((kept + r // 2) // r * r, alive // r * r)
-    k = (jnp.asarray(sizes, jnp.int32) - rounded).astype(jnp.uint32)
+    k = (jnp.asarray(sizes, jnp.int32) - _rounded(kept, alive, r, jnp)).astype(jnp.uint32)
     return lowest_k(unit_scores, unit_alive, tuple(range(len(sizes))), k)
+
+
+def _rounded(kept, alive, r: int, xp):
+    """Each kept count rounded to the nearest multiple of ``r`` (halves up), never above what is alive."""
+    return xp.minimum((kept + r // 2) // r * r, alive // r * r)
 
 
 def kept_units(masks: PyTree, units: Sequence[Sequence[UnitAxis]]) -> list[np.ndarray]:
