@@ -873,7 +873,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--image", type=int, default=224)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--repeats", type=int, default=30, help="timed rounds at batch 1")
-    ap.add_argument("--repeats-large", type=int, default=8, help="timed rounds at larger batches")
+    ap.add_argument("--repeats-large", type=int, default=20, help="timed rounds at larger batches")
     ap.add_argument("--prune-repeats", type=int, default=3)
     ap.add_argument("--vit-depth", type=int, default=12)
     args = ap.parse_args(argv)
@@ -925,11 +925,14 @@ def main(argv=None) -> dict:
         ]
         goals["prune_time_le_torch_pruning_first"] = j["prune_seconds_first"] <= r["torch"]["prune_seconds_first"]
         goals["prune_time_le_torch_pruning_best"] = j["prune_seconds_best"] <= r["torch"]["prune_seconds_best"]
-        for batch, t in r["latency_ms"].items():
-            if "jax hand-written" in t:
-                goals[f"compacted_within_5pct_of_hand_batch{batch}"] = (
-                    t["jax compacted"] <= 1.05 * t["jax hand-written"]
-                )
+        # The goal, from Torch-Pruning's 0.20 s on its author's run of the same 2-core machine.
+        goals["prune_time_le_0.20s_first"] = j["prune_seconds_first"] <= 0.20
+        for name, res in (("resnet18", r), ("vit", v)):
+            for batch, t in res.get("latency_ms", {}).items():
+                if "jax hand-written" in t and "jax compacted" in t:
+                    goals[f"{name}_compacted_within_5pct_of_hand_batch{batch}"] = (
+                        t["jax compacted"] <= 1.05 * t["jax hand-written"]
+                    )
         ph = ", ".join(f"{k} {s:.3f} s" for k, s in j["phases_first"].items())
         checks.append(f"jaxprune phases (first call): {ph}")
     if "pruned" in v:

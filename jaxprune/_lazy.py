@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 class Lazy:
@@ -39,6 +40,8 @@ class Lazy:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.fn is jnp.abs:  # jp.magnitude's own: no trace needed (a model has hundreds of leaves)
+            return tuple(self.args[0].shape)
         return tuple(jax.eval_shape(self.fn, *self.args).shape)
 
     @property

@@ -38,7 +38,7 @@ def compile_pattern(pattern: str, name: str) -> re.Pattern:
         raise ValueError(f"{name} is not a valid regular expression: {pattern!r} ({e}).") from None
 
 
-def _where_predicate(params: PyTree, where: Where) -> list[bool]:
+def where_flags(params: PyTree, where: Where) -> list[bool]:
     """One flag per leaf of ``params`` (flattened with ``None`` as a leaf)."""
     flat, _ = leaves_with_paths(params)
     if where is None:
@@ -97,23 +97,36 @@ def init_masks(params: PyTree, where: Where = None) -> PyTree:
       ValueError: ``where`` selects no floating-point leaf (the message lists the paths).
     """
     flat, treedef = leaves_with_paths(params)
-    flags = _where_predicate(params, where)
+    flags = where_flags(params, where)
     chosen = [bool(f) and x is not None and is_floating(x) for (_, x), f in zip(flat, flags)]
     if not any(chosen):
         paths = ", ".join(repr(p) for p, x in flat if x is not None) or "none"
         what = "the default rule (floating-point leaves with ndim >= 2)" if where is None else f"`where`={where!r}"
         raise ValueError(f"{what} selects no floating-point leaf of `params`; its leaf paths are: {paths}.")
-    masks = [_all_true(x) if c else None for (_, x), c in zip(flat, chosen)]
-    return unflatten(treedef, masks)
+    return unflatten(treedef, _all_true([x if c else None for (_, x), c in zip(flat, chosen)]))
 
 
-def _all_true(x: Any) -> jax.Array:
-    """A True mask of ``x``'s shape and sharding; built on the host for a one-device leaf, where
-    ``jnp.ones_like`` would compile a program for every new shape (a model has dozens)."""
-    if isinstance(x, jax.core.Tracer) or (isinstance(x, jax.Array) and len(x.sharding.device_set) > 1):
-        return jnp.ones_like(x, dtype=bool)
-    ones = np.ones(np.shape(x), bool)
-    return jax.device_put(ones, x.sharding) if isinstance(x, jax.Array) else jnp.asarray(ones)
+def _all_true(leaves: list[Any]) -> list[jax.Array | None]:
+    """True masks of the leaves' shapes and shardings (``None`` stays ``None``).
+
+    A one-device leaf's mask is built on the host, where ``jnp.ones_like``
+    would compile a program for every new shape (a model has dozens), and all
+    of them are placed in one batched ``device_put``.
+    """
+    out: list[Any] = [None] * len(leaves)
+    host, where = [], []
+    for i, x in enumerate(leaves):
+        if x is None:
+            continue
+        if isinstance(x, jax.core.Tracer) or (isinstance(x, jax.Array) and len(x.sharding.device_set) > 1):
+            out[i] = jnp.ones_like(x, dtype=bool)
+        else:
+            host.append(i)
+            where.append(x.sharding if isinstance(x, jax.Array) else jax.devices()[0])
+    placed = jax.device_put([np.ones(np.shape(leaves[i]), bool) for i in host], where)
+    for i, m in zip(host, placed):
+        out[i] = m
+    return out
 
 
 def _zero_pruned(p: jax.Array, m: jax.Array) -> jax.Array:

@@ -97,6 +97,38 @@ def test_compacted_module_equals_the_masked_one_and_the_original_is_untouched(ne
     assert template.att.num_heads == 2
 
 
+class GroupNormNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.c1 = nnx.Conv(3, 16, (3, 3), rngs=rngs)
+        self.gn = nnx.GroupNorm(16, num_groups=4, rngs=rngs)
+        self.c2 = nnx.Conv(16, 5, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+        return self.c2(nnx.relu(self.gn(self.c1(x))))
+
+
+def test_group_norm_loses_whole_groups_or_shrinks_each_one():
+    model = GroupNormNet(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 3))
+    state = nnx_unit_state(model)
+    # Whole groups (the default): 4 units of 4 channels each; the statistics stay within a unit, so not marked.
+    (units,) = [nnx_units(model, x)]
+    assert len(units) == 1 and not units[0].normalized and units[0][0].num_units(16) == 4
+    masks = jp.prune_units(jp.magnitude(state), nnx_unit_masks(model, units), units, sparsity=0.5)
+    small = nnx_compact(model, masks, units)
+    assert (small.gn.num_groups, small.gn.group_size, small.c2.in_features) == (2, 4, 8)
+    masked = nnx.merge(*nnx.split(model, nnx.Any(nnx.Param, nnx.BatchStat), ...)[::2], jp.apply_mask(state, masks))
+    np.testing.assert_allclose(small(x), masked(x), atol=1e-5)
+    # Positions within every group (heads="dims"): 4 groups stay, each of 2 channels; marked, as the group
+    # statistics then change, and the compacted module runs at its new sizes.
+    units = nnx_units(model, x, heads="dims")
+    assert len(units) == 1 and units[0].normalized
+    masks = jp.prune_units(jp.magnitude(state), nnx_unit_masks(model, units), units, sparsity=0.5)
+    small = nnx_compact(model, masks, units)
+    assert (small.gn.num_groups, small.gn.group_size, small.c2.in_features) == (4, 2, 8)
+    assert small(x).shape == (2, 6, 6, 5)
+
+
 def test_dropout_in_training_mode_traces():
     class Mlp(nnx.Module):
         def __init__(self, rngs):

@@ -61,8 +61,9 @@ def nnx_units(
 
 def nnx_unit_masks(model: nnx.Module, units: Sequence[Sequence[UnitAxis]]) -> Any:
     """Masks over ``nnx_unit_state(model)``: every ``nnx.Param`` a set touches; batch statistics ``None``."""
-    params = {p for p, _ in leaves_with_paths(nnx.state(model, nnx.Param))[0]}
-    return unit_masks(nnx_unit_state(model), units, where=lambda path, leaf: path in params)
+    state = nnx_unit_state(model)
+    params = {p for p, _ in leaves_with_paths(nnx.filter_state(state, nnx.Param))[0]}
+    return unit_masks(state, units, where=lambda path, leaf: path in params)
 
 
 def nnx_compact(
@@ -81,23 +82,24 @@ def nnx_compact(
     Returns:
       The compacted module, with its layers' size attributes updated.
     """
-    state = nnx_unit_state(model)
+    graphdef, state, rest = nnx.split(model, UNIT_STATE, ...)
     if kept is None:
         if masks is None:
             raise ValueError("give `masks` (after prune_units) or `kept` (kept_units' indices per set).")
         kept = kept_or_all(state, masks, units)
-    graphdef, _, rest = nnx.split(model, UNIT_STATE, ...)
     new_state = cut(state, units, kept)
     shapes = [dict((p, np.shape(x)) for p, x in leaves_with_paths(t)[0]) for t in (state, new_state)]
     resized = {
         "/".join(p.split("/")[:k]) for p in shapes[0] if shapes[0][p] != shapes[1][p] for k in range(p.count("/") + 1)
     }
+    # The positions of each leaf axis' first unit: a GroupNorm's units are whole groups or positions in every group.
+    first_unit = {(e.path, e.axis): e.positions(shapes[0][e.path][e.axis])[0] for s in units for e in s}
     small = nnx.merge(graphdef, new_state, rest)
     old_modules = dict(nnx.iter_modules(model))
     for path, module in nnx.iter_modules(small):
         name = "/".join(map(str, path))
         if name in resized:
-            _resize(module, old_modules[path], name or "<root>")
+            _resize(module, old_modules[path], name or "<root>", first_unit)
     return small
 
 
@@ -109,7 +111,7 @@ def _shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
     return {k: _shape(v) for k, v in vars(module).items() if isinstance(v, nnx.Variable)}
 
 
-def _resize(m: nnx.Module, old: nnx.Module, path: str) -> None:
+def _resize(m: nnx.Module, old: nnx.Module, path: str, first_unit: dict[tuple[str, int], np.ndarray]) -> None:
     """Updates the size attributes of one resized module from its new variables."""
     if isinstance(m, nnx.Conv):
         k = _shape(m.kernel)
@@ -127,10 +129,14 @@ def _resize(m: nnx.Module, old: nnx.Module, path: str) -> None:
     elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm)):
         m.num_features = next(iter(_shapes(m).values()))[-1]
     elif isinstance(m, nnx.GroupNorm):
-        n = next(iter(_shapes(m).values()))[-1]
-        if n % old.group_size == 0 and n != old.num_features:  # whole groups went (the tracer's default)
-            m.num_groups = n // old.group_size
-        m.num_features, m.group_size = n, n // m.num_groups
+        # Units that are whole groups (the tracer's default) leave fewer groups of the same size; units that are
+        # positions within every group (heads="dims") leave as many groups, each smaller.
+        name, n = next((k, shape[-1]) for k, shape in _shapes(m).items())
+        key = (f"{path}/{name}" if path != "<root>" else name, len(_shape(getattr(old, name))) - 1)
+        if np.array_equal(first_unit.get(key, ()), np.arange(old.group_size)):
+            m.num_groups, m.group_size = n // old.group_size, old.group_size
+        else:
+            m.num_groups, m.group_size = old.num_groups, n // old.num_groups
     elif isinstance(m, nnx.Embed):
         m.num_embeddings, m.features = _shape(m.embedding)
     elif isinstance(m, nnx.MultiHeadAttention):

@@ -28,7 +28,8 @@ def removed_positions(
     for entries, row, idx in zip(units, located, kept):
         for e, (i, a) in zip(entries, row):
             pos = e.positions(shapes[i][a])
-            gone = np.setdiff1d(np.arange(pos.shape[0]), np.asarray(idx))
+            gone = np.ones(pos.shape[0], bool)
+            gone[np.asarray(idx, np.int64)] = False
             cut.setdefault((i, a), []).append(pos[gone].reshape(-1))
     return {key: np.unique(np.concatenate(parts)) for key, parts in cut.items()}
 
@@ -57,14 +58,12 @@ def kept_or_all(params: PyTree, masks: PyTree, units: Sequence[Sequence[UnitAxis
     p_flat, m_leaves, _ = check_masks_match(params, masks)
     shapes = [None if x is None else tuple(np.shape(x)) for _, x in p_flat]
     located = locate([p for p, _ in p_flat], shapes, units)
-    out = []
-    for entries, row in zip(units, located):
-        if any(m_leaves[i] is not None for i, _ in row):
-            out.append(kept_units(masks, [entries])[0])
-        else:
-            (i, a), e = row[0], entries[0]
-            out.append(np.arange(e.num_units(shapes[i][a])))
-    return out
+    masked = [any(m_leaves[i] is not None for i, _ in row) for row in located]
+    found = iter(kept_units(masks, [s for s, m in zip(units, masked) if m]))  # one pass over the masks tree
+    return [
+        next(found) if m else np.arange(entries[0].num_units(shapes[row[0][0]][row[0][1]]))
+        for entries, row, m in zip(units, located, masked)
+    ]
 
 
 def cut(tree: PyTree, units: Sequence[Sequence[UnitAxis]], kept: Sequence, *, missing_ok: bool = False) -> PyTree:
@@ -84,23 +83,33 @@ def cut(tree: PyTree, units: Sequence[Sequence[UnitAxis]], kept: Sequence, *, mi
         units, kept = [s for s, _ in pairs if s], [k for s, k in pairs if s]
     located = locate([p for p, _ in flat], shapes, units)
     leaves = [x for _, x in flat]
+    takes: dict[int, list[tuple[int, np.ndarray]]] = {}
     for (i, a), gone in removed_positions(shapes, units, located, kept).items():
-        if not gone.size:
-            continue
-        take = np.setdiff1d(np.arange(shapes[i][a]), gone)
+        if gone.size:
+            keep = np.ones(shapes[i][a], bool)
+            keep[gone] = False
+            takes.setdefault(i, []).append((a, np.flatnonzero(keep)))
+    placed = []  # one-device leaves, cut on the host (no compile per shape) and put back in one batch
+    for i, axes in takes.items():
         x = leaves[i]
         if isinstance(x, jax.ShapeDtypeStruct):
             shape = list(x.shape)
-            shape[a] = len(take)
+            for a, take in axes:
+                shape[a] = len(take)
             leaves[i] = jax.ShapeDtypeStruct(tuple(shape), x.dtype)
+        elif isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+            for a, take in axes:
+                x = jnp.take(x, take, axis=a)
+            leaves[i] = x
         else:
-            leaves[i] = _take(x, take, a)
+            y = np.asarray(x)
+            for a, take in axes:
+                y = np.take(y, take, axis=a)
+            leaves[i] = y
+            if isinstance(x, jax.Array):
+                placed.append((i, next(iter(x.sharding.device_set))))
+    if placed:
+        on_device = jax.device_put([leaves[i] for i, _ in placed], [d for _, d in placed])
+        for (i, _), y in zip(placed, on_device):
+            leaves[i] = y
     return unflatten(treedef, leaves)
-
-
-def _take(x, take: np.ndarray, axis: int):
-    """``x`` along ``axis`` at ``take``: on the host for a one-device or NumPy leaf (no compile per shape)."""
-    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
-        return jnp.take(x, take, axis=axis)
-    out = np.take(np.asarray(x), take, axis=axis)
-    return jax.device_put(out, next(iter(x.sharding.device_set))) if isinstance(x, jax.Array) else out

@@ -210,6 +210,7 @@ def _sets(g: Graph, labels: np.ndarray, leaf_vals: list[Value], paths: list[str]
     # A family's units are ordered by their first position in the first table the family appears in.
     rank = np.full(len(is_unit), np.iinfo(np.int64).max, np.int64)
     seen = np.zeros(family_of.max() + 1, bool)
+    family_size = np.bincount(family_of)
     entries: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
     for i, a, comp, pos in tables:
         f = family[comp]
@@ -219,8 +220,7 @@ def _sets(g: Graph, labels: np.ndarray, leaf_vals: list[Value], paths: list[str]
         order = np.lexsort((pos, rank[comp], f))
         fams, starts = np.unique(f[order], return_index=True)
         for fam, part in zip(fams, np.split(order, starts[1:])):
-            n_units = int(np.count_nonzero(family_of == fam))
-            entries[int(fam)].append((i, a, pos[part].reshape(n_units, -1)))
+            entries[int(fam)].append((i, a, pos[part].reshape(int(family_size[fam]), -1)))
     reduced = [(why, g.flags(labels, [nodes])) for nodes, why in g.reduced]
     sets = []
     for fam, places in entries.items():

@@ -22,7 +22,7 @@ from jaxprune._checks import check_int, check_ord, check_scope
 from jaxprune._lazy import Lazy, evaluated
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
 from jaxprune.counts import alive_per_group, is_traced, num_pruned, parse_target
-from jaxprune.masks import init_masks
+from jaxprune.masks import init_masks, where_flags
 from jaxprune.select import lowest_k, lowest_k_host
 from jaxprune.structural.unit_sets import UnitAxis, check_sets, locate, touched_paths
 
@@ -49,6 +49,12 @@ def _unit_scores(scores: list, masks: list, plans: list, ord: float, xp) -> tupl
     for masked in plans:
         total, alive = None, None
         for e, i, a in masked:
+            if xp is np and e.is_plain() and e.groups == 1:
+                part, m_any = _host_axis_scores(scores[i], masks[i], a, ord)
+                both = total is not None
+                total = part if not both else (xp.maximum(total, part) if ord == float("inf") else total + part)
+                alive = m_any if alive is None else alive | m_any
+                continue
             m = _unit_rows(masks[i], e, a, xp)
             x = xp.where(m, xp.abs(_unit_rows(scores[i], e, a, xp).astype(xp.float32)), xp.float32(0))
             if ord == float("inf"):
@@ -61,6 +67,22 @@ def _unit_scores(scores: list, masks: list, plans: list, ord: float, xp) -> tupl
         unit_scores.append(total)
         unit_alive.append(alive)
     return unit_scores, unit_alive
+
+
+def _host_axis_scores(score: np.ndarray, mask: np.ndarray, axis: int, ord: float) -> tuple[np.ndarray, np.ndarray]:
+    """``_unit_scores``' part for a plain axis, reduced in place over the other axes: no copy of the leaf
+    moved into rows (a model's kernels are most of its bytes, and this is most of the host's work)."""
+    others = tuple(d for d in range(score.ndim) if d != axis)
+    full = bool(mask.all())
+    x = np.abs(score.astype(np.float32, copy=False))
+    if not full:
+        x = np.where(mask, x, np.float32(0))
+    if ord == float("inf"):
+        part = x.max(axis=others, initial=0) if others else x
+    else:
+        part = (x if ord == 1 else x * x if ord == 2 else x**ord).sum(axis=others, dtype=np.float32)
+    alive = np.ones(score.shape[axis], bool) if full else mask.any(axis=others)
+    return part, alive
 
 
 def _expand(keep, e: UnitAxis, axis: int, shape: tuple[int, ...], xp):
@@ -205,19 +227,21 @@ def _select_on_host(scores, masks, plans, target, scope, ord, round_to):
         alive_n = np.array([int(a.sum()) for a in unit_alive])
         k_sets = np.array(sizes_per_set) - _rounded(kept, alive_n, round_to, np)
         pruned = lowest_k_host(unit_scores, unit_alive, range(len(plans)), k_sets)
-    new = list(masks)
     for masked, alive, p in zip(plans, unit_alive, pruned):
         keep = alive & ~p
         for e, i, a in masked:
             host_masks[i] = host_masks[i] & _expand(keep, e, a, host_masks[i].shape, np)
-    for i, m in host_masks.items():
-        new[i] = jax.device_put(m, masks[i].sharding) if isinstance(masks[i], jax.Array) else m
+    on_device = [i for i in host_masks if isinstance(masks[i], jax.Array)]
+    placed = jax.device_put([host_masks[i] for i in on_device], [masks[i].sharding for i in on_device])
+    new = [host_masks.get(i, m) for i, m in enumerate(masks)]
+    for i, m in zip(on_device, placed):
+        new[i] = m
     return new
 
 
 def _host_score(score) -> np.ndarray:
-    if isinstance(score, Lazy) and score.fn is jnp.abs:  # jp.magnitude(lazy=True): |w| without a device call
-        return np.abs(np.asarray(score.args[0], np.float32))
+    if isinstance(score, Lazy) and score.fn is jnp.abs:  # jp.magnitude(lazy=True): the scores take |w| anyway
+        return np.asarray(score.args[0])
     return np.asarray(evaluated(score), np.float32)
 
 
@@ -265,13 +289,10 @@ def unit_masks(params: PyTree, units: Sequence[Sequence[UnitAxis]], where=None) 
     statistics unmasked: they are carried along by ``compact``, not scored.
     """
     paths = set(touched_paths(units))
-    chosen = init_masks(params, where=lambda path, leaf: path in paths)
-    if where is None:
-        return chosen
-    narrowed = init_masks(params, where=where)
-    return jax.tree.map(
-        lambda a, b: a if (a is not None and b is not None) else None,
-        chosen,
-        narrowed,
-        is_leaf=lambda x: x is None,
-    )
+    if where is not None:  # narrowed first, so that the masks are built once
+        flat, _ = leaves_with_paths(params)
+        narrowed = {p for (p, _), f in zip(flat, where_flags(params, where)) if f}
+        if not paths & narrowed:
+            raise ValueError(f"`where`={where!r} leaves none of the leaves the unit sets touch.")
+        paths &= narrowed
+    return init_masks(params, where=lambda path, leaf: path in paths)
