@@ -6,6 +6,7 @@ prunable); ``apply_mask`` inside a jitted step is all a model needs.
 
 from jaxprune import distributions, oneshot, schedules
 from jaxprune._lazy import Lazy
+from jaxprune._version import VERSION
 from jaxprune.checkpoint import Checkpointer
 from jaxprune.export import Bitmap, size_report, to_dense, to_sparse
 from jaxprune.masks import (
@@ -50,7 +51,7 @@ from jaxprune.structural import (
 )
 from jaxprune.structures import NM, Block, Structured, Unstructured
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "NM",

@@ -8,12 +8,13 @@ what is allowed, before any work is done.
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, Literal, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+Scope = Literal["global", "layer"]
 SCOPES = ("global", "layer")
 
 KEY_HELP = "a PRNG key is one jax.random.key(seed) (or a legacy jax.random.PRNGKey(seed), uint32[2])"
@@ -36,10 +37,10 @@ def check_ord(ord: Any) -> float:
     return ord
 
 
-def check_scope(scope: Any) -> str:
+def check_scope(scope: Any) -> Scope:
     if not isinstance(scope, str) or scope not in SCOPES:
         raise ValueError(f"`scope` must be 'global' or 'layer', got {scope!r}.")
-    return scope
+    return cast(Scope, scope)
 
 
 def check_float_array(name: str, value: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxprune.select import count_true
 
@@ -59,8 +60,8 @@ def parse_target(sparsity: Any, amount: Any) -> Target:
             return Target("sparsity", sparsity)
         if isinstance(sparsity, (bool, np.bool_)) or not isinstance(sparsity, (numbers.Real, np.ndarray, jax.Array)):
             raise TypeError(f"`sparsity` must be a float in [0, 1], got {type(sparsity).__name__} {sparsity!r}.")
-        if np.ndim(sparsity) != 0:
-            raise TypeError(f"`sparsity` must be a scalar, got an array of shape {np.shape(sparsity)}.")
+        if getattr(sparsity, "ndim", 0) != 0:  # a numbers.Real (no ndim) is a scalar
+            raise TypeError(f"`sparsity` must be a scalar, got an array of shape {getattr(sparsity, 'shape', ())}.")
         value = float(sparsity)
         if not 0.0 <= value <= 1.0:  # also catches NaN
             raise ValueError(f"`sparsity` must be in [0, 1] (fraction of prunable weights pruned), got {value!r}.")
@@ -81,7 +82,7 @@ def parse_target(sparsity: Any, amount: Any) -> Target:
     return Target("fraction", float(amount))
 
 
-def num_pruned(target: Target, sizes: list[int], alive: jax.Array, scope: str) -> jax.Array:
+def num_pruned(target: Target, sizes: list[int], alive: ArrayLike, scope: str) -> jax.Array:
     """How many units of each group are pruned after the call (uint32[G])."""
     n = np.asarray(sizes, np.int64)
     concrete = not is_traced(alive) and not is_traced(target.value)
@@ -104,18 +105,18 @@ def num_pruned(target: Target, sizes: list[int], alive: jax.Array, scope: str) -
         return jnp.asarray(k, jnp.uint32)
     nj = jnp.asarray(sizes, jnp.uint32)
     alive = jnp.asarray(alive, jnp.uint32)
-    already = nj - alive
+    already_j = nj - alive
     if target.kind == "sparsity" and not is_traced(target.value):
         # N is static, so a Python target is still rounded exactly in Python.
         wanted = [round(v * x) for v, x in zip(_per_group(target.value, len(sizes)), sizes)]
-        return jnp.maximum(jnp.asarray(wanted, jnp.uint32), already)
+        return jnp.maximum(jnp.asarray(wanted, jnp.uint32), already_j)
     if target.kind == "sparsity":
         s = jnp.nan_to_num(jnp.clip(jnp.asarray(target.value, jnp.float32), 0.0, 1.0), nan=0.0)
-        return jnp.maximum(round_mul(s, nj), already)
+        return jnp.maximum(round_mul(s, nj), already_j)
     if target.kind == "fraction":
         s = jnp.nan_to_num(jnp.clip(jnp.asarray(target.value, jnp.float32), 0.0, 1.0), nan=0.0)
-        return already + round_mul(s, alive)
-    return already + jnp.clip(jnp.asarray(target.value), 0, None).astype(jnp.uint32).clip(None, alive)
+        return already_j + round_mul(s, alive)
+    return already_j + jnp.clip(jnp.asarray(target.value), 0, None).astype(jnp.uint32).clip(None, alive)
 
 
 def _per_group(value: Any, num_groups: int) -> list:
@@ -125,7 +126,7 @@ def _per_group(value: Any, num_groups: int) -> list:
     return [value] * num_groups
 
 
-def round_mul(s: jax.Array, n: jax.Array) -> jax.Array:
+def round_mul(s: ArrayLike, n: ArrayLike) -> jax.Array:
     """``round(s * n)`` (half to even), exact, for float32 ``s`` in [0, 1] and integer ``n < 2**31``.
 
     A float32 product would be off by up to ``n * 2**-24`` (6 weights at 100M);

@@ -32,7 +32,7 @@ from jaxprune._tree import PyTree, leaves_with_paths, unflatten
 def _shapes(masks: PyTree) -> tuple[list[tuple[int, ...] | None], Any]:
     """The shape of every prunable leaf (None where the mask is None), and the masks' treedef."""
     flat, treedef = leaves_with_paths(masks)
-    shapes = []
+    shapes: list[tuple[int, ...] | None] = []
     for path, m in flat:
         if m is None:
             shapes.append(None)

@@ -200,7 +200,7 @@ def sparsity(masks: PyTree) -> jax.Array:
     total = sum(int(m.size) for _, m in leaves)
     if total == 0:  # only empty leaves: nothing is pruned (as summary() says)
         return jnp.zeros((), jnp.float32)
-    kept = sum(jnp.sum(m, dtype=jnp.int32) for _, m in leaves)
+    kept = sum((jnp.sum(m, dtype=jnp.int32) for _, m in leaves), start=jnp.int32(0))
     return 1.0 - kept.astype(jnp.float32) / jnp.float32(total)
 
 
@@ -282,7 +282,7 @@ def unpack_masks(packed: PyTree, like: PyTree) -> PyTree:
         raise ValueError(
             f"`packed` does not have the structure of `like`: {first_difference(packed, like, '`packed`', '`like`')}."
         )
-    out = []
+    out: list[jax.Array | None] = []
     for (path, b), (_, ref) in zip(p_flat, l_flat):
         if b is None:
             out.append(None)

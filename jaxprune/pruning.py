@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._checks import check_scope
+from jaxprune._checks import Scope, check_scope
 from jaxprune._lazy import Lazy, evaluated
 from jaxprune._tree import PyTree, check_masks_match, first_difference, leaves_with_paths, unflatten
 from jaxprune.counts import Target, alive_per_group, is_traced, num_pruned, parse_target, scheduled_count
 from jaxprune.select import lowest_k
 from jaxprune.structures import NM, Block, Structure, Structured, Unstructured
 
-Scope = Literal["global", "layer"]
 _STRUCTURES = (Unstructured, Structured, Block, NM)
 
 
@@ -49,6 +49,10 @@ def prune(
     Args:
       scores: a pytree with the structure of the params (e.g. ``jp.magnitude(params)``);
         higher means more important. Read only where ``masks`` is not ``None``.
+        Leaves may be ``jp.Lazy`` scores, computed inside each pass of the
+        selection instead of stored: ``jp.magnitude(params, lazy=True)``
+        gives the same masks about twice as fast on large models (why that
+        is not the default: ``jp.magnitude``).
       masks: current masks (``jp.init_masks(params)`` at first). Entries already
         pruned stay pruned and count towards ``sparsity``.
       sparsity: cumulative target in [0, 1]: the fraction of all units in scope
@@ -129,7 +133,7 @@ def prune_to_targets(
     scores: PyTree,
     masks: PyTree,
     leaf_groups: list[int | None],
-    group_targets: list[tuple[jax.Array, float]],
+    group_targets: Mapping[int, tuple[jax.Array, float]],
     *,
     scope: Scope = "global",
     structure: Structure | None = None,
@@ -137,7 +141,7 @@ def prune_to_targets(
     """``prune`` with one cumulative target per group of leaves, for ``Pruner`` (one selection pass for all).
 
     ``leaf_groups`` has one entry per leaf of ``masks`` (flattened with
-    ``None`` as a leaf): ``None`` where the mask is ``None``, else the index
+    ``None`` as a leaf): ``None`` where the mask is ``None``, else the key
     of the leaf's entry in ``group_targets``, a ``(target, final)`` pair: a
     traced float32 target and the Python float its schedule ends at (see
     ``counts.scheduled_count``). With ``scope="global"`` the leaves of a
@@ -178,7 +182,7 @@ def _per_leaf_target(sparsity: PyTree, s_flat, m_leaves, treedef, live) -> Targe
     if s_def != treedef:
         where = first_difference(sparsity, unflatten(treedef, m_leaves), "`sparsity`", "`masks`")
         raise ValueError(f"a per-leaf `sparsity` must have the structure of `masks`: {where}.")
-    values = []
+    values: list[Any] = []  # None, a traced scalar or a float per leaf
     for (path, v), m in zip(flat, m_leaves):
         if m is None:
             if v is not None:

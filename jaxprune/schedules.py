@@ -49,7 +49,7 @@ class Schedule:
 def as_step(step: object) -> jax.Array:
     """A training step as int32: a Python/NumPy int or an integer scalar array (traced is fine)."""
     dtype = getattr(step, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and jnp.ndim(step) == 0:
+    if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and getattr(step, "ndim", 0) == 0:
         return jnp.asarray(step, jnp.int32)
     return jnp.asarray(check_int("step", step), jnp.int32)
 

@@ -35,6 +35,28 @@ def magnitude(params: PyTree, *, lazy: bool = False) -> PyTree:
     and its memory (100.7M weights: 420 MB of scratch and 0.16 s of 0.34 on 2 CPU cores; see
     ``benchmarks/global_topk.py``). A lazy score is for ``prune``,
     ``prune_units`` and ``Pruner`` only; call ``.evaluate()`` for the array.
+
+    Why the faster form is not the default, and ``prune`` cannot make
+    ``jp.prune(jp.magnitude(params), ...)`` as fast on its own (the one place
+    this is explained):
+
+    * A ``Lazy`` leaf is not an array and cannot pass for one: it is no
+      ``jit`` argument or result, JAX no longer converts foreign objects
+      implicitly (``jnp.sum(leaf)`` raises), arithmetic on it raises, and so
+      does ``np.asarray``. A lazy default would break
+      every caller that uses the scores as arrays, as ``saliency`` and
+      ``random`` scores are used.
+    * ``prune`` receives ``|w|`` already computed: an array, or under ``jit``
+      a tracer, with nothing that says it came from ``w``. XLA then stores it
+      whole, because the selection's search loop reads it on every pass and
+      XLA computes a loop's inputs once, before the loop, rather than inside
+      each iteration. Recovering ``w`` would take JAX internals (a tracer's
+      producer) or a global table from scores to params, neither of which
+      jaxprune uses.
+
+    So where the time or the memory matters, write
+    ``jp.prune(jp.magnitude(params, lazy=True), masks, ...)``; ``Pruner``
+    (``score="magnitude"``) already does. Masks are identical either way.
     """
     _check_numeric(params, "params")
     if not isinstance(lazy, bool):
@@ -66,7 +88,7 @@ def random(key: jax.Array, params: PyTree, *, generator: str = "threefry") -> Py
     if generator == "hash":
         seeds = hash_seeds(key, params)
         return unflatten(
-            treedef, [None if p is None else hash_uniform(s, jnp.shape(p)) for s, (_, p) in zip(seeds, flat)]
+            treedef, [None if s is None else hash_uniform(s, jnp.shape(p)) for s, (_, p) in zip(seeds, flat)]
         )
     keys = jax.random.split(key, max(len(flat), 1))
     return unflatten(

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal, overload
 
 import jax
 import jax.numpy as jnp
@@ -134,7 +135,7 @@ def count_true(preds: Sequence[jax.Array]) -> jax.Array:
     last = shape[-1] if shape else 1
     if len(preds) > 4 or last == 0 or not (last % _ROW == 0 or last <= 255):
         return jnp.stack([jnp.sum(p, dtype=_U32) for p in preds])
-    packed = sum(p.astype(_U32) << (8 * j) for j, p in enumerate(preds))
+    packed = sum((p.astype(_U32) << (8 * j) for j, p in enumerate(preds)), start=_U32(0))
     width = _ROW if last % _ROW == 0 else last
     rows = jnp.sum(packed.reshape(*shape[:-1], last // width, width), axis=-1, dtype=_U32)
     return jnp.stack([jnp.sum((rows >> (8 * j)) & _U32(255), dtype=_U32) for j in range(len(preds))])
@@ -243,6 +244,30 @@ def _search(
     carry = (*interval, guess, curvature, jnp.int32(0))
     lo, _, below, upto, _, _, passes = lax.while_loop(lambda c: jnp.any(c[0] < c[1]), body, carry)
     return lo, below, upto, passes
+
+
+@overload
+def lowest_k(
+    scores: Sequence[jax.Array | Lazy],
+    alive: Sequence[jax.Array],
+    groups: Sequence[int],
+    k: jax.Array,
+    *,
+    num_alive: jax.Array | None = None,
+    with_passes: Literal[False] = False,
+) -> list[jax.Array]: ...
+
+
+@overload
+def lowest_k(
+    scores: Sequence[jax.Array | Lazy],
+    alive: Sequence[jax.Array],
+    groups: Sequence[int],
+    k: jax.Array,
+    *,
+    num_alive: jax.Array | None = None,
+    with_passes: Literal[True],
+) -> tuple[list[jax.Array], jax.Array]: ...
 
 
 def lowest_k(
@@ -445,6 +470,8 @@ def _bracket_guess(floats, alive, members, sizes, num_alive, want) -> jax.Array:
         stride = max(1, sizes[g] // _SAMPLE)
         sample = jnp.sort(jnp.concatenate([order_keys(*_sample_pair(floats[i], alive[i], stride)) for i in m]))
         n = sample.shape[0]
+        out: float | jax.Array  # the sample's masked-out entries and its alive ones: traced when there is a mask
+        alive_sample: float | jax.Array
         if num_alive is None:
             out, alive_sample, q = 0.0, float(n), want[g].astype(jnp.float32) / sizes[g]
         else:

@@ -47,7 +47,7 @@ from jaxprune.integrations.flax_units import (  # noqa: F401  (re-exported)
 )
 from jaxprune.masks import Where, apply_mask, init_masks
 from jaxprune.methods.pruner import Pruner, PrunerState
-from jaxprune.oneshot.sequential import check_target, prune_kernel
+from jaxprune.oneshot.sequential import check_target, prune_in_model
 from jaxprune.oneshot.stats import InputStats, accumulate, init_stats
 from jaxprune.optim import masked_optimizer
 
@@ -128,7 +128,7 @@ def _nnx_add(graphdef: Any, forward: Callable, state: Any, stats: dict, batch: A
     return _add_all(stats, _nnx_record(graphdef, forward, state, batch))
 
 
-def _in_out(node: nnx.Module) -> tuple[int, int]:
+def _in_out(node: nnx.Linear | nnx.LinearGeneral) -> tuple[int, int]:
     """A Linear's kernel as ``[in, out]``: a LinearGeneral contracts its kernel's first ``len(axis)`` axes."""
     shape = node.kernel.shape
     n = len(node.axis) if isinstance(node, nnx.LinearGeneral) else 1
@@ -168,13 +168,24 @@ def nnx_prune_blocks(
     Args:
       blocks: the blocks, in order (e.g. a transformer's ``model.blocks``).
       inputs: calibration inputs of the first block, a sequence of arrays.
-      method, sparsity, nm, blocksize, percdamp: as in ``prune_kernel``.
+      method: as in ``prune_kernel``.
+      sparsity: as in ``prune_kernel``.
+      nm: as in ``prune_kernel``.
+      blocksize: as in ``prune_kernel``.
+      percdamp: as in ``prune_kernel``.
       call: ``call(block, x) -> y`` runs a block (default ``block(x)``).
 
     Returns:
       Each block's masks, shaped as ``nnx_masks(block)``: the Linear kernels
       pruned, every other leaf as ``nnx_masks`` makes it. Put them into a
       model's masks with ``masks["blocks"][i] = block_masks[i]``.
+
+    Raises:
+      ValueError: a bad target (before any work); or statistics a kernel
+        cannot be pruned from, naming the block and the kernel: NaN or inf
+        in what it saw (Wanda's norms, SparseGPT's Hessian), or a Hessian not
+        positive definite after damping (raise ``percdamp``). The kernels
+        pruned before it stay pruned in place.
     """
     call = call or _call_block
     inputs = list(inputs)
@@ -183,7 +194,7 @@ def nnx_prune_blocks(
         [_in_out(node) for block in blocks for _, node in nnx.iter_graph(block) if isinstance(node, _LINEARS)], **target
     )
     out = []
-    for block in blocks:
+    for i, block in enumerate(blocks):
         stats = nnx_input_stats(block, call, inputs, hessian=method == "sparsegpt")
         masks = nnx_masks(block)
         for path, node in nnx.iter_graph(block):
@@ -192,7 +203,8 @@ def nnx_prune_blocks(
                 continue
             shape = node.kernel.shape  # [in..., out...]: as [in, out] for pruning, then back
             flat = node.kernel[...].reshape(stats[name].sq_norms.shape[0], -1)
-            kernel, mask = prune_kernel(flat, stats[name], **target)
+            source = f"the calibration `inputs` gave block {i}'s {name}/kernel"
+            kernel, mask = prune_in_model(source, flat, stats[name], **target)
             kernel, mask = kernel.reshape(shape), mask.reshape(shape)
             node.kernel[...] = kernel
             leaf = masks
@@ -318,7 +330,10 @@ class PrunedTrainState(train_state.TrainState):
         return self.replace(step=step, params=params, opt_state=opt_state, pruner_state=pruner_state, **kwargs)
 
     @classmethod
-    def create(cls, *, apply_fn, params, tx, pruner: Pruner, **kwargs: Any) -> PrunedTrainState:
+    def create(cls, *, apply_fn, params, tx, pruner: Pruner | None = None, **kwargs: Any) -> PrunedTrainState:
+        # `pruner` has a default only so the signature stays TrainState.create's; it is required.
+        if pruner is None:
+            raise TypeError("PrunedTrainState.create needs `pruner=` (a jp.Pruner or another method).")
         pruner_state = pruner.init(params)
         pruner_state = pruner.update(pruner_state, params, 0)  # a schedule may start at step 0
         params = apply_mask(params, pruner_state.masks)

@@ -47,7 +47,8 @@ def nnx_units(
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
-    graphdef, state, rest = nnx.split(model, UNIT_STATE, ...)
+    # nnx.split's annotation returns a variadic tuple of states; two filters give exactly two.
+    graphdef, state, rest = nnx.split(model, UNIT_STATE, ...)  # type: ignore[misc]
 
     def run(s, *a, **k):
         # A copy of the other state (RNG streams) made inside the trace: a dropout layer advances its
@@ -82,7 +83,8 @@ def nnx_compact(
     Returns:
       The compacted module, with its layers' size attributes updated.
     """
-    graphdef, state, rest = nnx.split(model, UNIT_STATE, ...)
+    # nnx.split's annotation returns a variadic tuple of states; two filters give exactly two.
+    graphdef, state, rest = nnx.split(model, UNIT_STATE, ...)  # type: ignore[misc]
     if kept is None:
         if masks is None:
             raise ValueError("give `masks` (after prune_units) or `kept` (kept_units' indices per set).")
@@ -113,7 +115,8 @@ def _shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 def _resize(m: nnx.Module, old: nnx.Module, path: str, first_unit: dict[tuple[str, int], np.ndarray]) -> None:
     """Updates the size attributes of one resized module from its new variables."""
-    if isinstance(m, nnx.Conv):
+    # `old` is the module before the cut, of m's type.
+    if isinstance(m, nnx.Conv) and isinstance(old, nnx.Conv):
         k = _shape(m.kernel)
         groups = old.feature_group_count
         if groups > 1 and groups == old.in_features and k[-2] == 1:  # depthwise: each group was a unit
@@ -128,7 +131,7 @@ def _resize(m: nnx.Module, old: nnx.Module, path: str, first_unit: dict[tuple[st
         m.in_features, m.out_features = k[start:end], k[end:]
     elif isinstance(m, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm)):
         m.num_features = next(iter(_shapes(m).values()))[-1]
-    elif isinstance(m, nnx.GroupNorm):
+    elif isinstance(m, nnx.GroupNorm) and isinstance(old, nnx.GroupNorm):
         # Units that are whole groups (the tracer's default) leave fewer groups of the same size; units that are
         # positions within every group (heads="dims") leave as many groups, each smaller.
         name, n = next((k, shape[-1]) for k, shape in _shapes(m).items())

@@ -156,7 +156,7 @@ def _split(key: str) -> tuple[str, str]:
 def _infer(prefix: str, names: list[str], arrays: dict[str, np.ndarray]) -> str:
     if not any(_RNN_ENTRY.match(n) for n in names):
         return "torch"
-    projected = [n for n in names if _RNN_ENTRY.match(n) and _RNN_ENTRY.match(n).group(2) == "hr"]
+    projected = [n for n in names if (m := _RNN_ENTRY.match(n)) and m.group(2) == "hr"]
     if projected:  # weight_hh_l0 is [4H, proj_size] then: its shape says nothing about the gates
         key = f"{prefix}.{projected[0]}" if prefix else projected[0]
         raise ValueError(f"state_dict[{key!r}]: nn.LSTM(proj_size=...) is not supported by jp.lstm.")
@@ -211,7 +211,7 @@ def _plan_rnn(kind: str, prefix: str, entries: dict[str, np.ndarray]) -> _Plan:
 
 
 # Per kind: PyTorch name -> (jaxprune name, number of dims or None for any, transpose axes or None).
-_MODULES = {
+_MODULES: dict[str, dict[str, tuple[str, int | None, tuple[int, ...] | None]]] = {
     "linear": {"weight": ("kernel", 2, (1, 0)), "bias": ("bias", 1, None)},
     "conv2d": {"weight": ("kernel", 4, _TO_HWIO), "bias": ("bias", 1, None)},
     "embedding": {"weight": ("embedding", 2, None)},
@@ -317,7 +317,8 @@ def from_torch_state_dict(
         kind = layout.get(prefix) or _infer(prefix, names, arrays)
         keys = {n: f"{prefix}.{n}" if prefix else n for n in names}
         plans.append((prefix, keys, _plan(kind, prefix, {n: arrays[k] for n, k in keys.items()})))
-    params, out_masks = {}, {}
+    params: dict[str, Any] = {}
+    out_masks: dict[str, Any] = {}
     for prefix, keys, plan in plans:
         base = tuple(prefix.split(".")) if prefix else ()
         for name, (path, axes) in plan.items():
@@ -345,7 +346,9 @@ def _infer_out(node: Mapping[str, Any]) -> str:
 
 
 def _rnn_out(where: str, layer: str, leaves: Mapping[str, Any], masks: Any) -> list[tuple[str, Any, Any]]:
-    index, reverse = _RNN_LAYER.match(layer).groups()
+    match = _RNN_LAYER.match(layer)
+    assert match is not None  # the caller routes only layer_<k>[_reverse] names here
+    index, reverse = match.groups()
     out = []
     for leaf, w in leaves.items():
         if leaf not in _RNN_LEAVES or isinstance(w, Mapping):

@@ -48,7 +48,7 @@ class PrunerState(NamedTuple):
 
     masks: PyTree
     targets: jax.Array  # float32[num_groups]: the cumulative target last applied per schedule
-    count: jax.Array  # int32: how many pruning rounds have run
+    count: jax.Array  # type: ignore[assignment]  # int32: how many pruning rounds have run (shadows tuple.count)
 
 
 def _magnitude_score(params, grads, key):
@@ -169,7 +169,7 @@ class Pruner:
 
     def _groups(self, masks: PyTree) -> list[int | None]:
         """The schedule index of each leaf (None where not prunable)."""
-        out = []
+        out: list[int | None] = []
         for path, m in leaves_with_paths(masks)[0]:
             if m is None:
                 out.append(None)
@@ -210,16 +210,17 @@ class Pruner:
         """
         check_masks_match(params, state.masks, params_name="params", masks_name="state.masks")
         if self.units is not None:
-            return self._update_units(state, params, step, grads, key)
+            return self._update_units(state, params, step, grads, key, self.units)
         groups = self._groups(state.masks)
         wanted = self.targets(step)
         due = wanted > state.targets
+        group_targets: dict[int, tuple[jax.Array, float]]  # (target now, final target) per group
         if self.distribution is None:
             leaf_groups = groups
-            group_targets = [(wanted[g], schedule.final) for g, (_, schedule) in enumerate(self.patterns)]
+            group_targets = {g: (wanted[g], schedule.final) for g, (_, schedule) in enumerate(self.patterns)}
         else:  # one schedule, scaled per leaf; each leaf is its own group
             leaf_groups = [None if g is None else i for i, g in enumerate(groups)]
-            group_targets = self._leaf_targets(state.masks, wanted[0])
+            group_targets = self._leaf_targets(state.masks, wanted[0], self.distribution)
 
         def do_prune(masks):
             scores = self._scores(params, grads, key)
@@ -240,37 +241,38 @@ class Pruner:
             state.count + jnp.any(due).astype(jnp.int32),
         )
 
-    def _update_units(self, state, params, step, grads, key) -> PrunerState:
+    def _update_units(self, state, params, step, grads, key, units: Sequence[Sequence[UnitAxis]]) -> PrunerState:
         wanted = self.targets(step)
         due = wanted[0] > state.targets[0]
 
         def do_prune(masks):
             scores = self._scores(params, grads, key)
             return prune_units(
-                scores, masks, self.units, sparsity=wanted[0], scope=self.scope, ord=self.ord, round_to=self.round_to
+                scores, masks, units, sparsity=wanted[0], scope=self.scope, ord=self.ord, round_to=self.round_to
             )
 
         masks = lax.cond(due, do_prune, lambda m: m, state.masks)
         return PrunerState(masks, jnp.where(due, wanted, state.targets), state.count + due.astype(jnp.int32))
 
-    def _leaf_targets(self, masks: PyTree, wanted: jax.Array) -> list[tuple[jax.Array, float] | None]:
-        """(target now, final target) of every leaf under the distribution; None where not prunable."""
+    def _leaf_targets(
+        self, masks: PyTree, wanted: jax.Array, distribution: Distribution
+    ) -> dict[int, tuple[jax.Array, float]]:
+        """(target now, final target) of every prunable leaf (by flat index) under the distribution."""
         final = self.patterns[0][1].final
-        per_leaf = self.distribution(masks, final)  # from shapes only: Python floats at trace time
+        per_leaf = distribution(masks, final)  # from shapes only: Python floats at trace time
         flat, m_def = leaves_with_paths(masks)
         values, d_def = leaves_with_paths(per_leaf)
         if d_def != m_def:
             where = first_difference(masks, per_leaf, "the masks", "the distribution's result")
             raise ValueError(f"`distribution` must return a pytree of the masks' structure: {where}.")
-        out = []
-        for (path, m), (_, d) in zip(flat, values):
+        out: dict[int, tuple[jax.Array, float]] = {}
+        for i, ((path, m), (_, d)) in enumerate(zip(flat, values)):
             if m is None:
-                out.append(None)
                 continue
             if d is None:
                 raise ValueError(f"the distribution gave no sparsity for prunable leaf {path!r}.")
             d = float(d)
-            out.append((wanted * (d / final) if final > 0 else jnp.zeros_like(wanted), d))
+            out[i] = (wanted * (d / final) if final > 0 else jnp.zeros_like(wanted), d)
         return out
 
     def _scores(self, params: PyTree, grads: PyTree | None, key: jax.Array | None) -> PyTree:

@@ -40,7 +40,9 @@ class SparseState(NamedTuple):
     """The state of a sparse-training method (a pytree: jit, scan and checkpoint it)."""
 
     masks: PyTree
-    count: jax.Array  # int32: how many updates changed the masks (always 0 for StaticSparse)
+    # int32: how many updates changed the masks (always 0 for StaticSparse). The field shadows tuple.count on
+    # purpose (a public name, saved in checkpoints), which mypy reports as an override of the method.
+    count: jax.Array  # type: ignore[assignment]
 
 
 class StaticSparse:
@@ -195,7 +197,8 @@ class _DropAndGrow:
         return SparseState(unflatten(treedef, masks), state.count + due.astype(jnp.int32))
 
 
-def _negated(score: Lazy) -> Lazy:
+def _negated(score: Lazy | None) -> Lazy:
+    assert score is not None  # asked for leaves with a mask only, whose weights always have a score
     return Lazy(lambda *args: -score.fn(*args), score.args)
 
 

@@ -41,11 +41,17 @@ from jaxprune.structures import Structure
 class StraightThrough:
     """Masks recomputed from the dense weights every ``every`` steps, at the scheduled target; weights stay dense.
 
+    The masks of an update are what ``Pruner`` would compute from all-True
+    masks at the schedule's value for that step, i.e.
+    ``prune(score(params), init_masks(params), sparsity=schedule(step))``.
+
     Args:
-      score, schedule, scope, structure, where, distribution: as in
-        ``Pruner``; the masks of an update are what ``Pruner`` would compute
-        from all-True masks at the schedule's value for that step, i.e.
-        ``prune(score(params), init_masks(params), sparsity=schedule(step))``.
+      score: as in ``Pruner``.
+      schedule: as in ``Pruner``.
+      scope: as in ``Pruner``.
+      structure: as in ``Pruner``.
+      where: as in ``Pruner``.
+      distribution: as in ``Pruner``.
       every: steps between mask updates; 1 (default, as jaxpruner) recomputes
         them on every step. The first update is at step 0.
 

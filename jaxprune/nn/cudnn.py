@@ -131,7 +131,7 @@ def run_layers(
     """
     time, batch = xs.shape[:2]
     input_size, hidden = layers[0]["w_ih"].shape[1], layers[0]["w_hh"].shape[1]
-    h0, c0 = jnp.stack(h0), jnp.stack(c0)
+    h_init, c_init = jnp.stack(h0), jnp.stack(c0)
     if lengths is None:
         seq_lengths = jnp.full((batch,), time, jnp.int32)
     else:
@@ -141,10 +141,10 @@ def run_layers(
     num_layers, bidirectional = len(layers) // directions, directions == 2
     x = jnp.swapaxes(xs, 0, 1)  # the kernel reads and writes [batch, time, features]
     weights = _device_weights(layers)
-    y, h_n, c_n = rnn.lstm(x, h0, c0, weights, seq_lengths, input_size, hidden, num_layers, 0.0, bidirectional)
+    y, h_n, c_n = rnn.lstm(x, h_init, c_init, weights, seq_lengths, input_size, hidden, num_layers, 0.0, bidirectional)
     y = jnp.swapaxes(y, 0, 1)
     if lengths is not None:
         y = jnp.where(jnp.arange(time)[:, None, None] < lengths[None, :, None], y, jnp.zeros((), y.dtype))
         empty = (lengths == 0)[None, :, None]
-        h_n, c_n = jnp.where(empty, h0, h_n), jnp.where(empty, c0, c_n)
+        h_n, c_n = jnp.where(empty, h_init, h_n), jnp.where(empty, c_init, c_n)
     return y, list(h_n), list(c_n)

@@ -65,9 +65,10 @@ def _check_axis(name: str, axis: Any, ndim: int) -> int:
     """
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"`{name}` must be an int axis, got {type(axis).__name__} {axis!r}.")
+    axis = int(axis)
     if not -ndim <= axis < ndim:
         raise ValueError(f"`{name}` must be an axis of the {ndim}-D input, in [{-ndim}, {ndim - 1}]; got {axis}.")
-    return int(axis) % ndim
+    return axis % ndim
 
 
 def keep_mask(key: jax.Array, shape: Sequence[int], rate: float | jax.Array) -> jax.Array:
@@ -85,7 +86,7 @@ def _drop(key: jax.Array, x: jax.Array, rate: float | jax.Array, shared: set[int
 
 
 def dropout(
-    key: jax.Array,
+    key: jax.Array | None,
     x: jax.Array,
     rate: float | jax.Array,
     *,
@@ -120,12 +121,16 @@ def dropout(
     shared = {_check_axis("broadcast_dims", d, x.ndim) for d in broadcast_dims}
     if deterministic:
         return x
-    check_key(key)
-    return _drop(key, x, rate, shared)
+    return _drop(check_key(key), x, rate, shared)
 
 
 def locked_dropout(
-    key: jax.Array, xs: jax.Array, rate: float | jax.Array, *, time_axis: int = 0, deterministic: bool = False
+    key: jax.Array | None,
+    xs: jax.Array,
+    rate: float | jax.Array,
+    *,
+    time_axis: int = 0,
+    deterministic: bool = False,
 ) -> jax.Array:
     """Variational dropout for a sequence: the same mask at every step along ``time_axis``.
 
@@ -148,7 +153,7 @@ def locked_dropout(
 
 
 def weight_drop(
-    key: jax.Array,
+    key: jax.Array | None,
     w: jax.Array,
     rate: float | jax.Array,
     *,
@@ -184,15 +189,14 @@ def weight_drop(
         # Exact, not broadcastable: a (1, n) mask on an (m, n) weight would prune whole columns.
         if tuple(mask.shape) != tuple(w.shape):
             raise ValueError(f"`mask` must have `w`'s shape {tuple(w.shape)}, got {tuple(mask.shape)}.")
-    if not deterministic:
-        check_key(key)
+    checked = None if deterministic else check_key(key)
     if mask is not None:
         w = jnp.where(mask, w, jnp.zeros((), w.dtype))
-    return w if deterministic else _drop(key, w, rate, set())
+    return w if checked is None else _drop(checked, w, rate, set())
 
 
 def zoneout(
-    key: jax.Array,
+    key: jax.Array | None,
     previous: jax.Array,
     new: jax.Array,
     rate: float | jax.Array,
@@ -222,17 +226,16 @@ def zoneout(
             f"`previous` and `new` must have the same shape, got {tuple(previous.shape)} and {tuple(new.shape)}."
         )
     check_rate(rate, allow_one=True)
-    if not deterministic:
-        check_key(key)
+    checked = None if deterministic else check_key(key)
     rate = jnp.asarray(rate, new.dtype)
-    if deterministic:
+    if checked is None:
         return rate * previous + (1.0 - rate) * new
-    stay = jax.random.bernoulli(key, rate.astype(jnp.float32), new.shape)
+    stay = jax.random.bernoulli(checked, rate.astype(jnp.float32), new.shape)
     return jnp.where(stay, previous, new)
 
 
 def concrete_dropout(
-    key: jax.Array,
+    key: jax.Array | None,
     x: jax.Array,
     p_logit: jax.Array,
     *,
@@ -282,9 +285,9 @@ def concrete_dropout(
         raise ValueError(f"`eps` must be in (0, 0.5), got {eps!r}.")
     if deterministic:
         return x
-    check_key(key)
+    checked = check_key(key)
     p = jax.nn.sigmoid(p_logit)
-    u = jax.random.uniform(key, x.shape, minval=eps, maxval=1.0 - eps)
+    u = jax.random.uniform(checked, x.shape, minval=eps, maxval=1.0 - eps)
     drop = jax.nn.sigmoid((jnp.log(p + eps) - jnp.log1p(eps - p) + jnp.log(u) - jnp.log1p(-u)) / temperature)
     return x * (1.0 - drop) / (1.0 - p)
 

@@ -199,7 +199,7 @@ def _run(cell, params, xs, masks, dropout, key, deterministic, initial_state, ba
     layers = layer_names(dims.num_layers, directions == 2)
     # cuDNN runs the whole stack in one call unless something happens between layers.
     groups = [layers] if use_cudnn and dims.uniform and not _active(rates.input) else [[names] for names in layers]
-    final = [[] for _ in cell.states]
+    final: list[list[jax.Array]] = [[] for _ in cell.states]
     for group in groups:
         first = len(final[0])  # the pseudo-layer index of the group's first layer and direction
         if use_cudnn:
@@ -336,12 +336,13 @@ def gru(
     return out, h
 
 
-lstm.__doc__ = lstm.__doc__.format(
-    args=_ARGS_DOC.format(init="init_lstm", g=4, name="LSTM", state_doc="``(h0, c0)``"), raises=_RAISES_DOC
-)
-gru.__doc__ = gru.__doc__.format(
-    args=_ARGS_DOC.format(init="init_gru", g=3, name="GRU", state_doc="``h0``"), raises=_RAISES_DOC
-)
+if lstm.__doc__ is not None and gru.__doc__ is not None:  # None under python -OO
+    lstm.__doc__ = lstm.__doc__.format(
+        args=_ARGS_DOC.format(init="init_lstm", g=4, name="LSTM", state_doc="``(h0, c0)``"), raises=_RAISES_DOC
+    )
+    gru.__doc__ = gru.__doc__.format(
+        args=_ARGS_DOC.format(init="init_gru", g=3, name="GRU", state_doc="``h0``"), raises=_RAISES_DOC
+    )
 
 
 def _reversed(xs: jax.Array, lengths: jax.Array | None) -> jax.Array:

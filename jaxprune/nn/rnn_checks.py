@@ -99,7 +99,7 @@ def check_params(params: Any, cell: Cell) -> Dims:
                     f"got shape {tuple(w_hh.shape)}."
                 )
             hidden = w_hh.shape[1]
-            expected = {"w_ih": (g * hidden, n_in), "w_hh": (g * hidden, hidden)}
+            expected: dict[str, tuple[int, ...]] = {"w_ih": (g * hidden, n_in), "w_hh": (g * hidden, hidden)}
             expected |= {"b_ih": (g * hidden,), "b_hh": (g * hidden,)}
             for k, shape in expected.items():
                 w = params[name][k]

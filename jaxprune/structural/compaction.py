@@ -10,6 +10,7 @@ follows (slices, concatenations, flattens, head splits) needs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from jaxprune.structural.unit_sets import UnitAxis, locate
 
 
 def removed_positions(
-    shapes: list, units: Sequence[Sequence[UnitAxis]], located: list, kept: list
+    shapes: list, units: Sequence[Sequence[UnitAxis]], located: list, kept: Sequence
 ) -> dict[tuple[int, int], np.ndarray]:
     """``{(leaf index, axis): sorted positions to remove}`` from each set's kept unit indices."""
     cut: dict[tuple[int, int], list[np.ndarray]] = {}
@@ -56,7 +57,8 @@ def compact(params: PyTree, masks: PyTree, units: Sequence[Sequence[UnitAxis]]) 
 def kept_or_all(params: PyTree, masks: PyTree, units: Sequence[Sequence[UnitAxis]]) -> list[np.ndarray]:
     """``kept_units``, with every unit kept in a set that has no mask at all (it was not pruned)."""
     p_flat, m_leaves, _ = check_masks_match(params, masks)
-    shapes = [None if x is None else tuple(np.shape(x)) for _, x in p_flat]
+    # None where a leaf is None; locate() checks that every leaf of a set has a shape.
+    shapes: list[Any] = [None if x is None else tuple(np.shape(x)) for _, x in p_flat]
     located = locate([p for p, _ in p_flat], shapes, units)
     masked = [any(m_leaves[i] is not None for i, _ in row) for row in located]
     found = iter(kept_units(masks, [s for s, m in zip(units, masked) if m]))  # one pass over the masks tree
@@ -74,7 +76,7 @@ def cut(tree: PyTree, units: Sequence[Sequence[UnitAxis]], kept: Sequence, *, mi
     template of a compacted model from the original model's definition.
     """
     flat, treedef = leaves_with_paths(tree)
-    shapes = [None if x is None else tuple(np.shape(x)) for _, x in flat]
+    shapes: list[Any] = [None if x is None else tuple(np.shape(x)) for _, x in flat]  # as in kept_or_all
     if len(kept) != len(units):
         raise ValueError(f"`kept` has {len(kept)} entries but there are {len(units)} unit sets.")
     if missing_ok:  # a masks tree: only the entries whose leaves have masks are there to cut

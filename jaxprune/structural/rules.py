@@ -42,10 +42,11 @@ def _elementwise(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
             if len(a) != shape[d]:
                 w.g.fix(a)  # a size-1 axis broadcast by the primitive itself: one value for all, no channel
                 continue
-            if out[d] is None:
+            first = out[d]
+            if first is None:
                 out[d] = a
             else:
-                w.g.unite(out[d], a)
+                w.g.unite(first, a)
     axes = [a if a is not None else w.g.new(n) for a, n in zip(out, shape)]
     return [axes for _ in eqn.outvars]
 
@@ -131,8 +132,8 @@ def _reshape(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
     dst = list(eqn.params["new_sizes"])
     out: list[np.ndarray | None] = [None] * len(dst)
     if 0 in src or 0 in dst:
-        for a in x:
-            w.g.fix(a)
+        for axis in x:
+            w.g.fix(axis)
         return [list(w.fresh(dst, fixed=True))]
     # Size-1 axes carry no channel; the rest fall into runs of equal products, each a merge, a split or both.
     i_dims = [d for d, n in enumerate(src) if n != 1]
@@ -375,7 +376,7 @@ def _conv(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
     shape = _out_shape(eqn)
     if p["batch_group_count"] != 1:
         return w.no_rule(eqn, ins, ins[0].leaves | ins[1].leaves)
-    out: list[np.ndarray | None] = [None] * len(shape)
+    out: dict[int, np.ndarray] = {}  # every output axis is set below
     out[out_spec[0]] = x[lhs[0]]
     for d in lhs[2:]:
         w.g.fix(x[d])
@@ -395,7 +396,7 @@ def _conv(w: Walker, eqn, ins: list[Value]) -> list[Axes]:
         per = k_out.reshape(groups, -1)
         w.g.unite(per[1:].reshape(-1), np.tile(per[0], groups - 1))
     out[out_spec[1]] = k_out
-    return [out]
+    return [[out[d] for d in range(len(shape))]]
 
 
 # ---- programs inside programs

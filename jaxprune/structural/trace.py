@@ -261,7 +261,9 @@ def _affine_runs(matrices: list[np.ndarray]) -> list[tuple[int, int]]:
 
 
 def _entry(path: str, axis: int, length: int, positions: np.ndarray) -> UnitAxis:
-    offset, stride, blocks = affine(positions)
+    found = affine(positions)
+    assert found is not None  # _affine_runs cut the rows into runs that affine() describes
+    offset, stride, blocks = found
     n, per = positions.shape
     if offset == 0 and stride == 1 and n * per == length and (not blocks or blocks == ((per, n),)):
         return UnitAxis(path, axis, per)  # the whole axis, in `per` equal blocks: the hand-written form

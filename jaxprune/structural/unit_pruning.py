@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,9 @@ def _unit_rows(x, e: UnitAxis, axis: int, xp):
     return moved[pos.reshape(-1)].reshape(pos.shape[0], pos.shape[1] * rest)
 
 
-def _unit_scores(scores: list, masks: list, plans: list, ord: float, xp) -> tuple[list, list]:
+def _unit_scores(
+    scores: Sequence | Mapping[int, Any], masks: Sequence | Mapping[int, Any], plans: list, ord: float, xp
+) -> tuple[list, list]:
     """Each set's unit scores and alive flags, in NumPy (``xp=np``) or JAX (``xp=jnp``) alike.
 
     A unit's score is the sum of ``|s| ** ord`` over its masked entries (the max for ``inf``): the
@@ -81,7 +84,7 @@ def _host_axis_scores(score: np.ndarray, mask: np.ndarray, axis: int, ord: float
         part = x.max(axis=others, initial=0) if others else x
     else:
         part = (x if ord == 1 else x * x if ord == 2 else x**ord).sum(axis=others, dtype=np.float32)
-    alive = np.ones(score.shape[axis], bool) if full else mask.any(axis=others)
+    alive = np.ones(score.shape[axis], bool) if full else np.asarray(mask.any(axis=others))
     return part, alive
 
 
@@ -109,7 +112,7 @@ def prune_units(
     masks: PyTree,
     units: Sequence[Sequence[UnitAxis]],
     *,
-    sparsity: float | None = None,
+    sparsity: float | jax.Array | None = None,
     amount: float | int | None = None,
     scope: str = "global",
     ord: float = 2,
@@ -273,10 +276,8 @@ def kept_units(masks: PyTree, units: Sequence[Sequence[UnitAxis]]) -> list[np.nd
     located = locate([p for p, _ in flat], [None if m is None else tuple(m.shape) for m in leaves], sets)
     out = []
     for entries, row in zip(sets, located):
-        alive = False
-        for e, (i, a) in zip(entries, row):
-            alive = alive | _unit_rows(np.asarray(leaves[i]), e, a, np).any(axis=1)
-        out.append(np.nonzero(alive)[0])
+        rows = [_unit_rows(np.asarray(leaves[i]), e, a, np).any(axis=1) for e, (i, a) in zip(entries, row)]
+        out.append(np.nonzero(np.logical_or.reduce(rows))[0])
     return out
 
 

@@ -76,7 +76,7 @@ class Walker:
         if leaves and self.unknown == "error":
             raise self.unknown_error(name, leaves)
         touched = [a for x in ins for a in x.axes]
-        outs = [self.fresh(v.aval.shape, fixed=True) for v in eqn.outvars]
+        outs = [list(self.fresh(v.aval.shape, fixed=True)) for v in eqn.outvars]
         for a in touched:
             self.g.fix(a)
         self.unknowns.append((name, [*touched, *(a for o in outs for a in o)]))
@@ -98,7 +98,7 @@ class Walker:
         fixed positions coupled with a leaf's."""
         if not self.unknowns:
             return
-        owner = {}
+        owner: dict[int, set[int]] = {}  # graph label -> the leaves it reaches
         for i, v in enumerate(leaf_vals):
             for a in v.axes:
                 for c in np.unique(labels[a]):
