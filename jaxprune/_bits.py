@@ -74,6 +74,24 @@ def same_layout(sharding: Any) -> Any:
     return None
 
 
+def packed_layout(sharding: Any, shape: tuple[int, ...]) -> Any:
+    """``same_layout(sharding)`` for the packed bits of a mask of ``shape``: if the mesh axes that split the
+    mask's last axis do not divide its packed width (a [32, 8] mask split 4 ways packs to 1 byte per row),
+    that axis of the bits is replicated instead; each device still packs only its own rows."""
+    sharding = same_layout(sharding)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return sharding
+    width = packed_last_axis_shape(shape)[-1]
+    spec = list(sharding.spec) + [None] * (max(len(shape), 1) - len(sharding.spec))
+    names = spec[-1]
+    if names is None:
+        return sharding
+    split = math.prod(sharding.mesh.shape[n] for n in (names if isinstance(names, tuple) else (names,)))
+    if width % split == 0:
+        return sharding
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec[:-1], None))
+
+
 @functools.cache
 def _jitted(fn: Any, out_shardings: Any, static_argnums: tuple[int, ...] | int = ()) -> Any:
     """``jax.jit(fn)`` with these output shardings, made once: each new ``jax.jit`` object would retrace."""
@@ -84,13 +102,13 @@ def pack_last_axis(mask: Any) -> Any:
     """``uint8[packed_last_axis_shape(mask.shape)]``: the bits of each row of a bool array, big-endian.
 
     A NumPy array stays on the host; a ``jax.Array`` is packed where it lives
-    and the result keeps its sharding, so no device sees more than its own
-    shard (the last axis's shards should hold a multiple of 8 entries, else
-    XLA moves the few boundary bits between neighbours).
+    and the result keeps its sharding (``packed_layout``), so no device sees
+    more than its own shard (the last axis's shards should hold a multiple of
+    8 entries, else XLA moves the few boundary bits between neighbours).
     """
     if isinstance(mask, np.ndarray):
         return np.packbits(mask.reshape(mask.shape or (1,)), axis=-1)
-    return _jitted(_pack_last_axis, same_layout(getattr(mask, "sharding", None)))(mask)
+    return _jitted(_pack_last_axis, packed_layout(getattr(mask, "sharding", None), mask.shape))(mask)
 
 
 def unpack_last_axis(bits: Any, shape: tuple[int, ...], sharding: Any = None) -> Any:

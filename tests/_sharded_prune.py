@@ -58,6 +58,7 @@ def main():
     assert moved, "no collective found: the HLO pattern is stale"
     masks_sharding = jp.init_masks(sharded)["a"].sharding
     temp, params_bytes = scratch_per_device(mesh)
+    narrow_ok = narrow_mask_round_trip(mesh)
     print(
         json.dumps(
             {
@@ -69,9 +70,22 @@ def main():
                 "units_sharding_kept": units_sharding,
                 "lazy_scratch_per_device": temp,
                 "params_per_device": params_bytes,
+                "narrow_mask_round_trip": narrow_ok,
             }
         )
     )
+
+
+def narrow_mask_round_trip(mesh) -> bool:
+    """A mask whose last axis is split into shards narrower than a byte (8 columns over 2 devices packs to
+    1 byte per row) is saved and restored with its sharding; saving it used to raise XLA's IndivisibleError."""
+    import tempfile
+
+    mask = jax.device_put(np.arange(256).reshape(32, 8) % 3 > 0, NamedSharding(mesh, PartitionSpec("data", "model")))
+    with tempfile.TemporaryDirectory() as d, jp.Checkpointer(d) as ckpt:
+        ckpt.save(0, {"m": mask, "w": jnp.ones((32, 8))})
+        back = ckpt.restore({"m": mask, "w": jnp.ones((32, 8))})
+    return bool(np.array_equal(back["m"], mask)) and back["m"].sharding == mask.sharding
 
 
 def scratch_per_device(mesh):

@@ -9,7 +9,8 @@ HERE = Path(__file__).parent
 
 def on_8_devices(script):
     """Runs a worker script in a process with 8 simulated CPU devices; returns the JSON it printed last."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, str(HERE / script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -23,6 +24,7 @@ def test_global_prune_on_params_sharded_over_8_devices_matches_one_device():
     assert sum(result["counts"].values()) >= round(0.6 * total)
     assert result["mask_sharding_kept"]
     assert result["units_same"] and result["units_sharding_kept"], result  # prune_units, called eagerly
+    assert result["narrow_mask_round_trip"], result  # a checkpoint of a mask sharded finer than a byte
     # Only per-leaf counts and the ~65k-entry sample may be gathered, never a whole leaf.
     assert result["largest_collective"] < 256 * 512, result
     # A lazy |w| is never stored: per device, scratch is a fraction of the device's own weights (partial
