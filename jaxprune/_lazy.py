@@ -48,6 +48,10 @@ class Lazy:
     def dtype(self) -> Any:
         return jax.eval_shape(self.fn, *self.args).dtype
 
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        # Without this, np.asarray(lazy) silently gives a 0-d object array.
+        raise TypeError("a Lazy score is not an array; call .evaluate() (or jp.magnitude(params) without lazy=True).")
+
     def __repr__(self) -> str:
         name = getattr(self.fn, "__name__", repr(self.fn))
         return f"Lazy({name}, shape={self.shape}, dtype={self.dtype})"

@@ -27,11 +27,14 @@ import contextlib
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from jaxprune._bits import pack_bits
+from jaxprune._version import VERSION
 from jaxprune.checkpoint import Checkpointer
 from jaxprune.masks import summary
 
@@ -104,7 +107,8 @@ def _save_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:  # a file object: np.savez adds no second ".npz"
-            np.savez(f, **arrays)
+            # cast: the stub matches **arrays against savez's own keywords (allow_pickle); keys are leaf paths.
+            np.savez(f, **cast(dict[str, Any], arrays))
         os.replace(tmp, target)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -162,20 +166,32 @@ def _torch_state_dict(path: str, key: str | None) -> dict:
         raise _Error("import-torch needs PyTorch: pip install torch") from None
     if not Path(path).is_file():
         raise _Error(f"no such file: {path}")
+    if Path(path).stat().st_size == 0:
+        raise _Error(f"cannot read {path} as a PyTorch file: the file is empty")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # torch.load warns on stderr about files it then refuses (a pickle of protocol > 2, say); the
+        # error below says what matters, in the one line this command prints.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # PyTorch's message is a page long; what matters is whether a class was refused or the file is no pickle.
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if refused is None:
-            reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-            raise _Error(f"cannot read {path} as a PyTorch file: {reason.group(1) if reason else e}") from None
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            raise _Error(
+                f"cannot read {path} as a PyTorch file: {detail.group(1) if detail else e} "
+                "(import-torch reads what torch.save(model.state_dict(), PATH) writes)"
+            ) from None
         raise _Error(
             f"{path} holds a pickled {refused.group(1)} (a whole nn.Module?), which is not loaded "
             "(weights_only=True: unpickling can run code); save model.state_dict() instead"
         ) from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise _Error(f"cannot read {path} as a PyTorch file: {e}") from None
+    except Exception as e:  # not a valid file: the unpickler fails in many ways (a KeyError, say)
+        reason = " ".join(str(e).split()) or "the file ends early or is damaged"
+        if not isinstance(e, (RuntimeError, EOFError, ValueError)):
+            reason = f"{type(e).__name__}: {reason}"
+        raise _Error(f"cannot read {path} as a PyTorch file: {reason}") from None
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
@@ -224,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="jaxprune", description="Inspect and export jaxprune checkpoints; import PyTorch state_dicts."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_inspect = sub.add_parser("inspect", help="per-layer sparsity table of a checkpoint")
     p_inspect.add_argument("directory")

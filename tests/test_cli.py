@@ -1,4 +1,5 @@
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,38 @@ def test_the_command_prints_one_line_and_no_traceback(checkpoint, tmp_path):
         assert result.returncode == 2 and result.stdout == "", result.stderr
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("jaxprune: error: "), result.stderr
         assert message in result.stderr
+
+
+class _NotAModel:  # what a pickle of an arbitrary object holds
+    def __init__(self):
+        self.weights = [1.0, 2.0]
+
+
+def test_import_torch_of_a_file_torch_refuses_prints_only_its_own_line(tmp_path):
+    pytest.importorskip("torch")
+    files = {
+        "object.pkl": pickle.dumps(_NotAModel()),  # the default protocol (> 2): torch.load warns before failing
+        "object_p2.pkl": pickle.dumps(_NotAModel(), protocol=2),  # refused as a class torch does not load
+        "dict.pkl": pickle.dumps({"weight": [1.0, 2.0]}),
+        "garbage.bin": bytes(range(256)) * 8,
+        "text.txt": b"hello world, not a model\n",  # the unpickler fails with a KeyError here
+        "empty.pt": b"",
+    }
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    )
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        result = subprocess.run(
+            [sys.executable, "-m", "jaxprune.cli", "import-torch", str(path), str(tmp_path / f"out_{name}")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2 and result.stdout == "", (name, result.stderr)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("jaxprune: error: "), (name, result.stderr)
+        assert str(path) in result.stderr and "Traceback" not in result.stderr, (name, result.stderr)
+        assert "Weights only load failed" not in result.stderr and "Warning" not in result.stderr, (name, result.stderr)
+        assert not (tmp_path / f"out_{name}").exists()  # nothing written

@@ -369,3 +369,89 @@ def test_traced_sparsity_is_rejected():
         jax.jit(lambda s: wanda(K, NORMS, sparsity=s))(0.5)
     with pytest.raises(TypeError, match="`sparsity` must be a static Python float"):
         jax.jit(lambda s: sparsegpt(K, H, sparsity=s))(0.5)
+
+
+# ------------------------------------------------------------------------------- bad calibration statistics (issue 21)
+
+BAD_NORMS = [
+    (np.array([1.0, 2.0, -0.5, 1.0, 1.0, 1.0, 1.0, 1.0], np.float32), "first at input 2: -0.5 \\(negative\\)"),
+    (np.array([1.0, 1.0, 1.0, 1.0, np.nan, 1.0, 1.0, np.nan], np.float32), "2 bad value.*input 4: nan"),
+    (np.array([np.inf, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], np.float32), "input 0: inf"),
+]
+
+
+@pytest.mark.parametrize("bad,match", BAD_NORMS)
+def test_wanda_rejects_negative_and_non_finite_norms(bad, match):
+    for norms_ in (jnp.asarray(bad), bad):  # JAX and NumPy
+        with pytest.raises(ValueError, match="`input_norms` must hold finite L2 norms >= 0.*" + match):
+            wanda(K, norms_, sparsity=0.5)
+    wanda(K, jnp.asarray(np.abs(np.nan_to_num(bad, nan=0.0, posinf=1.0))), sparsity=0.5)  # repaired: fine
+    wanda(K, jnp.zeros(8), sparsity=0.5)  # zero norms (dead inputs) are fine
+
+
+def test_wanda_under_jit_uses_bad_norms_as_documented():
+    # A negative norm flips its input's order: within each output, its largest weight is pruned first.
+    w = jnp.asarray([[1.0, 2.0, 3.0, 4.0]])  # [out, in]
+    got = jax.jit(lambda n: wanda(w, n, sparsity=0.25, in_axis=1))(jnp.asarray([1.0, 1.0, 1.0, -1.0]))
+    np.testing.assert_array_equal(np.asarray(got), [[True, True, True, False]])
+    # NaN: its input's scores are pruned first; +inf: kept last, but 0 * inf = NaN is pruned first.
+    got = jax.jit(lambda n: wanda(w, n, sparsity=0.25, in_axis=1))(jnp.asarray([1.0, 1.0, jnp.nan, 1.0]))
+    np.testing.assert_array_equal(np.asarray(got), [[True, True, False, True]])
+    w0 = jnp.asarray([[1.0, 0.0, 3.0, 4.0]])
+    got = jax.jit(lambda n: wanda(w0, n, sparsity=0.25, in_axis=1))(jnp.asarray([jnp.inf, jnp.inf, 1.0, 1.0]))
+    np.testing.assert_array_equal(np.asarray(got), [[True, False, True, True]])
+
+
+def indefinite(n):
+    h = np.eye(n, dtype=np.float32)
+    h[0, 1] = h[1, 0] = 2.0  # eigenvalues 3 and -1: no damping of 1% makes it positive definite
+    return jnp.asarray(h)
+
+
+BAD_HESSIANS = [
+    ("nan", lambda: H.at[3, 5].set(jnp.nan), 0.01, r"`hessian` must be finite, got 1 NaN or inf.*\(3, 5\): nan"),
+    ("inf", lambda: H.at[0, 0].set(jnp.inf), 0.01, r"`hessian` must be finite.*\(0, 0\): inf"),
+    ("-inf", lambda: H.at[7, 1].set(-jnp.inf), 0.01, r"`hessian` must be finite.*\(7, 1\): -inf"),
+    (
+        "indefinite",
+        lambda: indefinite(8),
+        0.01,
+        r"`hessian` is not positive definite after damping.*percdamp=0.01 \(adding 0.01 = percdamp \* mean",
+    ),
+    (
+        "singular",  # two identical inputs, no damping
+        lambda: jnp.ones((8, 8)).at[2:, 2:].set(jnp.eye(6)).at[:2, 2:].set(0.0).at[2:, :2].set(0.0),
+        0.0,
+        r"`hessian` is not positive definite after damping.*percdamp=0.0 \(adding 0 = ",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,make,percdamp,match", BAD_HESSIANS, ids=[c[0] for c in BAD_HESSIANS])
+def test_sparsegpt_rejects_a_hessian_it_cannot_factor(name, make, percdamp, match):
+    with pytest.raises(ValueError, match=match):
+        sparsegpt(K, make(), sparsity=0.5, percdamp=percdamp)
+    with pytest.raises(ValueError, match=match):  # NumPy too, and N:M
+        sparsegpt(K, np.asarray(make()), nm=(2, 4), blocksize=4, percdamp=percdamp)
+
+
+@pytest.mark.parametrize("name,make,percdamp,match", BAD_HESSIANS, ids=[c[0] for c in BAD_HESSIANS])
+def test_sparsegpt_under_jit_returns_a_nan_kernel_and_keeps_everything(name, make, percdamp, match):
+    kernel = jax.random.normal(jax.random.key(0), (8, 4), jnp.bfloat16)
+    f = jax.jit(lambda k, h: sparsegpt(k, h, sparsity=0.5, percdamp=percdamp, blocksize=4))
+    for _ in range(2):  # deterministic
+        new, mask = f(kernel, make())
+        assert new.dtype == jnp.bfloat16 and new.shape == mask.shape == (8, 4)
+        assert np.isnan(np.asarray(new, np.float32)).all() and np.asarray(mask).all()
+        # apply_mask and finalize keep the NaN in sight (an all-False mask would zero it out).
+        assert np.isnan(np.asarray(jnp.where(mask, new, 0), np.float32)).all()
+
+
+def test_sparsegpt_under_jit_with_a_good_hessian_is_unaffected():
+    w, x = layer(37, 8, 16)
+    kernel, h = jnp.asarray(w.T), jnp.asarray(hessian(x))
+    f = jax.jit(lambda k, h: sparsegpt(k, h, sparsity=0.5, blocksize=8))
+    got, want = f(kernel, h), sparsegpt(kernel, h, sparsity=0.5, blocksize=8)
+    assert not np.isnan(np.asarray(got[0])).any() and float(np.mean(~np.asarray(got[1]))) == 0.5
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-6, atol=1e-6)

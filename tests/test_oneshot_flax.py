@@ -147,3 +147,15 @@ def test_nnx_prune_blocks_checks_the_target_before_any_work():
     with pytest.raises(ValueError, match="`method` must be one of"):
         nnx_prune_blocks(blocks, batches(), method="obs", sparsity=0.5)
     np.testing.assert_array_equal(blocks[0].up.kernel[...], before)
+
+
+def test_nnx_prune_blocks_names_the_kernel_whose_calibration_inputs_hold_nan():
+    blocks = [Block(nnx.Rngs(0)), Block(nnx.Rngs(1))]
+    bad = batches()
+    bad[1] = bad[1].at[3, 2].set(jnp.nan)
+    for method, what in (("sparsegpt", "`hessian` must be finite"), ("wanda", "`input_norms`")):
+        with pytest.raises(
+            ValueError, match=f"the calibration `inputs` gave block 0's (up|down)/kernel statistics .*{what}"
+        ):
+            nnx_prune_blocks([nnx.clone(b) for b in blocks], bad, method=method, sparsity=0.5)
+    nnx_prune_blocks(blocks, bad, method="magnitude", sparsity=0.5)  # magnitude reads no statistics

@@ -152,3 +152,23 @@ def test_accumulate_where_counts_only_the_marked_tokens():
     assert int(stats.tokens) == 10
     with pytest.raises(ValueError, match="`where` must have x's token shape"):
         oneshot.accumulate(oneshot.init_stats(5), x, where[:, :2])
+
+
+@pytest.mark.parametrize("method,what", [("sparsegpt", "`hessian` must be finite"), ("wanda", "`input_norms`")])
+def test_prune_lstm_names_the_kernel_whose_calibration_inputs_hold_nan(method, what):
+    params = jp.init_lstm(jax.random.key(6), 4, 6, num_layers=2)
+    x = jax.random.normal(jax.random.key(7), (5, 3, 4))
+    with pytest.raises(ValueError, match=f"the calibration `batches` gave layer_0/w_ih statistics .*{what}"):
+        oneshot.prune_lstm(params, [x, x.at[2, 1, 3].set(jnp.nan)], method=method, sparsity=0.5)
+    with pytest.raises(ValueError, match=f"the calibration `batches` gave layer_0/w_ih statistics .*{what}"):
+        oneshot.prune_lstm(params, [x.at[0, 0, 0].set(jnp.inf)], method=method, sparsity=0.5)
+    oneshot.prune_lstm(params, [x], method="magnitude", sparsity=0.5)  # magnitude reads no statistics
+
+
+def test_prune_lstm_names_the_kernel_sparsegpt_cannot_factor():
+    # Every input equal to the first and no damping: X^T X is singular (rank 1).
+    params = jp.init_lstm(jax.random.key(6), 4, 6)
+    x = jnp.repeat(jax.random.normal(jax.random.key(8), (5, 3, 1)), 4, axis=-1)
+    with pytest.raises(ValueError, match=r"layer_0/w_ih .*not positive definite after damping.*percdamp=0\.0"):
+        oneshot.prune_lstm(params, [x], method="sparsegpt", sparsity=0.5, percdamp=0.0)
+    oneshot.prune_lstm(params, [x], method="sparsegpt", sparsity=0.5)  # the default damping makes it definite

@@ -206,6 +206,8 @@ def test_a_lazy_score_is_a_leaf_not_an_array():
         score + 1.0  # not an array: no silently wrong arithmetic on the inputs
     with pytest.raises(TypeError):
         jax.tree.map(lambda s: s + 1.0, {"w": score})  # one leaf: tree.map does not reach into its inputs
+    with pytest.raises(TypeError, match="not an array"):
+        np.asarray(score)  # not a 0-d object array
     with pytest.raises(TypeError, match="`lazy` must be True or False"):
         jp.magnitude({"w": w}, lazy="yes")
     with pytest.raises(TypeError, match="`fn` must be callable"):

@@ -82,6 +82,24 @@ def _check_square(name: str, value: Any, n_in: int, kernel_shape: tuple[int, ...
         )
 
 
+def _check_norms(input_norms: Any) -> None:
+    """Concrete norms must be finite and >= 0 (traced ones cannot be checked: see ``wanda``)."""
+    if isinstance(input_norms, jax.core.Tracer):
+        return
+    x = jnp.asarray(input_norms)
+    bad = ~jnp.isfinite(x) | (x < 0)
+    if not bool(jnp.any(bad)):
+        return
+    first = int(jnp.argmax(bad))
+    count = int(jnp.sum(bad))
+    what = "NaN or inf" if not bool(jnp.isfinite(x[first])) else "negative"
+    raise ValueError(
+        f"`input_norms` must hold finite L2 norms >= 0 (||X_j||_2 of the layer's inputs), got {count} bad "
+        f"value(s), the first at input {first}: {float(x[first])!r} ({what}); a negative norm would prune that "
+        "input's largest weights first, and NaN or inf come from NaN or inf in the calibration inputs."
+    )
+
+
 def _in_last(kernel: jax.Array, axis: int) -> jax.Array:
     """The kernel as float32 [out, in]."""
     w = jnp.asarray(kernel).astype(jnp.float32)
@@ -169,6 +187,16 @@ def wanda(
     Among equal scores the earlier input is pruned first; NaN scores rank
     lowest (pruned first), as in ``jaxprune.select``.
 
+    ``input_norms`` must be finite and >= 0. Concrete norms are checked (a
+    ``ValueError`` names the first bad input). Traced norms (``wanda`` called
+    inside ``jit``) cannot be checked and are used as they are: a negative
+    norm ``-c`` gives input ``j`` the scores ``-c |W_ij|``, so that input's
+    *largest* weights rank lowest and are pruned first; a NaN norm makes
+    every score of its input NaN (pruned first); ``+inf`` makes them ``+inf``
+    (kept last), except where ``W_ij == 0`` (``0 * inf`` is NaN: pruned first).
+    Check traced norms yourself where they may be bad, e.g. with
+    ``jnp.all(jnp.isfinite(norms) & (norms >= 0))``.
+
     A kernel sharded over devices is pruned where it lies: the mask has the
     kernel's sharding and equals the one-device mask. Sharded along the
     outputs, no weight crosses devices (each output is pruned on its own);
@@ -196,8 +224,9 @@ def wanda(
       TypeError: an argument of the wrong kind (a non-float kernel, a traced
         ``sparsity``, ``nm`` not a pair of ints).
       ValueError: a bad value or shape (kernel not 2-D, ``input_norms`` not of
-        length ``n_in``, ``sparsity`` outside [0, 1], both or neither of
-        ``sparsity``/``nm``, ``m`` not dividing ``n_in``).
+        length ``n_in``, or concrete and holding a negative, NaN or inf value,
+        ``sparsity`` outside [0, 1], both or neither of ``sparsity``/``nm``,
+        ``m`` not dividing ``n_in``).
 
     Example::
 
@@ -212,6 +241,7 @@ def wanda(
             f"{tuple(kernel.shape)}, in_axis={in_axis}), got shape {tuple(input_norms.shape)}."
         )
     sparsity, nm = _check_target(sparsity, nm, n_in)
+    _check_norms(input_norms)
     k = 0 if sparsity is None else round(sparsity * n_in)
     return _wanda(jnp.asarray(kernel), jnp.asarray(input_norms), jnp.int32(k), axis, nm)
 
@@ -279,7 +309,19 @@ def sparsegpt(
     prunes ``sum`` of the per-block counts (``round(sparsity * size)`` when
     every block's count is an integer, e.g. 0.5 with an even ``out``), more
     where dead inputs outnumber a block's count. NaN scores rank lowest.
-    ``H`` must be positive definite after damping (else the result is NaN).
+
+    ``H`` must be finite and positive definite after damping. A concrete
+    ``hessian`` that is not raises ``ValueError`` (after the factorisation,
+    before the sweep), saying which: NaN or inf entries (from NaN or inf in
+    the calibration inputs), or a failed Cholesky factorisation at the
+    damping used. A traced ``hessian`` (``sparsegpt`` called inside ``jit``)
+    cannot raise; then, and only then, the result is deterministic and loud:
+    ``new_kernel`` is NaN in every entry and ``mask`` is all True (nothing
+    pruned). NaN rather than the kernel unchanged, because an unchanged kernel
+    would pass silently for a pruned one, where a NaN kernel shows in the
+    first loss computed with it, and an all-True mask keeps ``apply_mask`` and
+    ``finalize`` from zeroing the NaN out of sight. Test for it with
+    ``jnp.isnan(new_kernel).all()``.
 
     A kernel sharded along its outputs is swept where it lies: each output's
     update needs only its own weights and ``U``, so every device sweeps its
@@ -314,10 +356,11 @@ def sparsegpt(
 
     Raises:
       TypeError: an argument of the wrong kind.
-      ValueError: a bad value or shape (``hessian`` not ``[in, in]``,
-        ``sparsity`` outside [0, 1], both or neither of ``sparsity``/``nm``,
-        ``m`` not dividing ``n_in`` or ``blocksize``, ``blocksize < 1``,
-        ``percdamp < 0``).
+      ValueError: a bad value or shape (``hessian`` not ``[in, in]``, or
+        concrete and holding NaN or inf, or not positive definite after
+        damping; ``sparsity`` outside [0, 1], both or neither of
+        ``sparsity``/``nm``, ``m`` not dividing ``n_in`` or ``blocksize``,
+        ``blocksize < 1``, ``percdamp < 0``).
     """
     axis, n_in, n_out = _check_kernel(kernel, in_axis)
     _check_square("hessian", hessian, n_in, tuple(kernel.shape))
@@ -335,31 +378,71 @@ def sparsegpt(
     b = min(blocksize, n_in)
     widths = [min(b, n_in - i) for i in range(0, n_in, b)]
     ks = [0 if nm else round(sparsity * n_out * c) + (b - c) * n_out for c in widths]
-    return _sparsegpt(
-        jnp.asarray(kernel), jnp.asarray(hessian), float(percdamp), jnp.asarray(ks, jnp.int32), axis, nm, b
+    u, dead, status = _factor(jnp.asarray(hessian), float(percdamp))
+    if not isinstance(status, jax.core.Tracer):  # concrete: a bad Hessian raises before the sweep
+        _check_factor(hessian, status, float(percdamp))
+    return _sweep(jnp.asarray(kernel), u, dead, status == _OK, jnp.asarray(ks, jnp.int32), axis, nm, b)
+
+
+_OK, _NOT_FINITE, _NOT_DEFINITE = 0, 1, 2  # what _factor found
+
+
+@jax.jit
+def _factor(hessian: jax.Array, percdamp: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Steps 1 to 3 on ``H``: returns (U, the dead inputs, a status: ``_OK``, ``_NOT_FINITE`` or ``_NOT_DEFINITE``)."""
+    h = hessian.astype(jnp.float32)
+    finite = jnp.all(jnp.isfinite(h))
+    diag = jnp.diagonal(h)
+    dead = diag == 0
+    h = h + jnp.diag(jnp.where(dead, 1.0, 0.0) + percdamp * jnp.mean(jnp.where(dead, 1.0, diag)))
+    u = _upper_cholesky_of_inverse(h)
+    # A failed factorisation comes back as NaN (JAX's convention for Cholesky), so a finite U means H was
+    # positive definite after damping.
+    status = jnp.where(finite, jnp.where(jnp.all(jnp.isfinite(u)), _OK, _NOT_DEFINITE), _NOT_FINITE)
+    return u, dead, status
+
+
+def _check_factor(hessian: jax.Array, status: jax.Array, percdamp: float) -> None:
+    """Raises for a concrete Hessian that ``_factor`` could not use, saying what is wrong with it."""
+    code = int(status)
+    if code == _OK:
+        return
+    h = jnp.asarray(hessian).astype(jnp.float32)
+    if code == _NOT_FINITE:
+        bad = ~jnp.isfinite(h)
+        row, col = divmod(int(jnp.argmax(bad.ravel())), h.shape[1])
+        raise ValueError(
+            f"`hessian` must be finite, got {int(jnp.sum(bad))} NaN or inf entries (in float32), the first at "
+            f"({row}, {col}): {float(h[row, col])!r}; X^T X holds them when the calibration inputs X do "
+            "(or overflow float32): check the inputs the layer saw."
+        )
+    diag = jnp.diagonal(h)
+    damp = percdamp * float(jnp.mean(jnp.where(diag == 0, 1.0, diag)))
+    raise ValueError(
+        f"`hessian` is not positive definite after damping: its Cholesky factorisation failed with "
+        f"percdamp={percdamp!r} (adding {damp:.6g} = percdamp * mean(diag(H)) to the diagonal). X^T X of real "
+        "calibration inputs is positive semi-definite, so raise `percdamp` (SparseGPT's default is 0.01) or "
+        "check `hessian` (negative eigenvalues, too few calibration tokens with percdamp=0)."
     )
 
 
-@partial(jax.jit, static_argnums=(4, 5, 6))
-def _sparsegpt(
+@partial(jax.jit, static_argnums=(5, 6, 7))
+def _sweep(
     kernel: jax.Array,
-    hessian: jax.Array,
-    percdamp: jax.Array,
+    u: jax.Array,
+    dead: jax.Array,
+    ok: jax.Array,
     ks: jax.Array,
     axis: int,
     nm: tuple[int, int] | None,
     b: int,
 ) -> tuple[jax.Array, jax.Array]:
+    """Step 4, from ``_factor``'s U and dead inputs; where not ``ok``: a NaN kernel and an all-True mask."""
     # Rows are inputs here ([in, out], the transpose of the paper's W), so one
     # input's weights (a column of W) are a contiguous row.
     w = _in_last(kernel, axis).T
     n_in = w.shape[0]
-    h = hessian.astype(jnp.float32)
-    diag = jnp.diagonal(h)
-    dead = diag == 0
-    h = h + jnp.diag(jnp.where(dead, 1.0, 0.0) + percdamp * jnp.mean(jnp.where(dead, 1.0, diag)))
     w = jnp.where(dead[:, None], 0.0, w)
-    u = _upper_cholesky_of_inverse(h)
 
     # Every block is made full width: the inputs are padded with zero weights,
     # H = I there (so U = I), and marked not alive, so they rank first (``ks``
@@ -388,7 +471,7 @@ def _sparsegpt(
     new, keep = jnp.concatenate(news)[:n_in], jnp.concatenate(keeps)[:n_in]
     if axis == 1:
         new, keep = new.T, keep.T
-    return new.astype(kernel.dtype), keep
+    return jnp.where(ok, new, jnp.nan).astype(kernel.dtype), keep | ~ok
 
 
 def _group(

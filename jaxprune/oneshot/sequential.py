@@ -12,7 +12,7 @@ way). Memory holds one layer's statistics at a time.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -79,7 +79,23 @@ def prune_kernel(
     )
 
 
-def check_target(shapes: Sequence[tuple[int, int]], **target: Any) -> None:
+def prune_in_model(
+    source: str, kernel: jax.Array, stats: InputStats | None, **target: Any
+) -> tuple[jax.Array, jax.Array]:
+    """``prune_kernel`` on one kernel of a model pruned layer by layer; a ``ValueError`` names the kernel.
+
+    ``source`` says which kernel and which argument its statistics came from
+    (e.g. "the calibration `batches` gave layer_1/w_hh"). The target was
+    checked before (``check_target``), so what raises here is the statistics:
+    non-finite calibration inputs, or a Hessian SparseGPT cannot factor.
+    """
+    try:
+        return prune_kernel(kernel, stats, **target)
+    except ValueError as e:
+        raise ValueError(f"{source} statistics it cannot be pruned from: {e}") from e
+
+
+def check_target(shapes: Iterable[tuple[int, int]], **target: Any) -> None:
     """Runs ``prune_kernel``'s checks of ``target`` for kernels of these ``[in, out]`` shapes, tracing only.
 
     So a bad method, range or N:M width raises before any calibration work.
@@ -89,6 +105,11 @@ def check_target(shapes: Sequence[tuple[int, int]], **target: Any) -> None:
         kernel = jax.ShapeDtypeStruct((n_in, n_out), jnp.float32)
         stats = jax.eval_shape(lambda n=n_in: init_stats(n, hessian=method == "sparsegpt"))
         jax.eval_shape(lambda k, s: prune_kernel(k, s, **target), kernel, stats)
+
+
+def _as_list(x: Any) -> list[Any]:
+    """One array, or a sequence of them, as a list."""
+    return [x] if hasattr(x, "shape") else list(x)
 
 
 def prune_lstm(
@@ -118,12 +139,14 @@ def prune_lstm(
       batches: calibration inputs: one ``[time, batch, input]`` array or a
         sequence of them (``[batch, time, input]`` with ``batch_first``).
       method: ``"sparsegpt"`` (default), ``"wanda"`` or ``"magnitude"``.
-      sparsity, nm: the target, exactly one of them (as in ``wanda``/``sparsegpt``).
+      sparsity: the target, exactly one of ``sparsity`` and ``nm`` (as in ``wanda``/``sparsegpt``).
+      nm: the N:M target ``(n, m)``, instead of ``sparsity``.
       batch_first: the layout of ``batches``.
       lengths: padded calibration sequences: one int ``[batch]`` array per
         batch (as ``lstm(lengths=)``), or None when every step is real. Steps
         past a sequence's length add nothing to any statistic.
-      blocksize, percdamp: SparseGPT's, as in ``sparsegpt``.
+      blocksize: SparseGPT's, as in ``sparsegpt``.
+      percdamp: SparseGPT's, as in ``sparsegpt``.
 
     Returns:
       ``(params, masks)``: params with the pruned weights exactly 0 (and the
@@ -134,12 +157,16 @@ def prune_lstm(
     Raises:
       ValueError, TypeError: a bad ``method`` or target, ``batches`` empty
         or not fitting the params (``lstm``'s checks name what is wrong).
+      ValueError: statistics a kernel cannot be pruned from, naming the
+        kernel (``layer_1/w_hh``): NaN or inf in what it saw (Wanda's norms,
+        SparseGPT's Hessian), or a Hessian not positive definite after
+        damping (raise ``percdamp``).
     """
     method = _check_method(method)
-    batches = [batches] if hasattr(batches, "shape") else list(batches)
+    batches = _as_list(batches)
     if not batches:
         raise ValueError("`batches` must hold at least one calibration batch, got none.")
-    lengths = [None] * len(batches) if lengths is None else ([lengths] if hasattr(lengths, "shape") else list(lengths))
+    lengths = _as_list([None] * len(batches) if lengths is None else lengths)
     if len(lengths) != len(batches):
         raise ValueError(f"`lengths` must hold one array per batch: {len(batches)} batches, {len(lengths)} lengths.")
     for b, n in zip(batches, lengths):  # lstm's checks, on shapes (and the lengths' values) only: nothing runs
@@ -162,8 +189,9 @@ def prune_lstm(
         hidden = single["layer_0"]["w_hh"].shape[1]
         ih, hh = _layer_stats(single, inputs, lengths, hidden, len(suffixes), hessian)
         for d, name in enumerate(names):
-            w_ih, m_ih = prune_kernel(params[name]["w_ih"], ih, in_axis=1, **target)
-            w_hh, m_hh = prune_kernel(params[name]["w_hh"], hh[d], in_axis=1, **target)
+            source = f"the calibration `batches` gave {name}/"
+            w_ih, m_ih = prune_in_model(source + "w_ih", params[name]["w_ih"], ih, in_axis=1, **target)
+            w_hh, m_hh = prune_in_model(source + "w_hh", params[name]["w_hh"], hh[d], in_axis=1, **target)
             new_params[name] = {**params[name], "w_ih": w_ih, "w_hh": w_hh}
             new_masks[name] = {**new_masks[name], "w_ih": m_ih, "w_hh": m_hh}
         pruned = {f"layer_0{s}": new_params[n] for s, n in zip(suffixes, names)}

@@ -53,7 +53,7 @@ def accumulate(stats: InputStats, x: jax.Array, where: jax.Array | None = None) 
     if not x.shape or x.shape[-1] != n_in:
         raise ValueError(f"`x` must have the layer's {n_in} inputs on its last axis, got shape {tuple(x.shape)}.")
     rows = x.reshape(-1, n_in).astype(jnp.float32)
-    tokens = rows.shape[0]
+    tokens: int | jax.Array = rows.shape[0]
     if where is not None:
         if tuple(where.shape) != tuple(x.shape[:-1]):
             raise ValueError(f"`where` must have x's token shape {tuple(x.shape[:-1])}, got {tuple(where.shape)}.")
