@@ -1,6 +1,7 @@
 """Every example's --quick configuration, end to end."""
 
 import importlib.util
+import json
 import math
 import sys
 from itertools import pairwise
@@ -20,13 +21,20 @@ def load(name):
 
 
 def test_char_lstm_quick(tmp_path, capsys):
-    history = load("char_lstm").main(["--quick", "--out", str(tmp_path)])
-    steps, sparsities, pruned, dense = zip(*history)
+    r = load("char_lstm").main(["--quick", "--out", str(tmp_path)])
+    steps, sparsities, pruned, dense = zip(*(tuple(h.values()) for h in r["history"]))
+    # Quick schedule: 30 dense steps, rounds at steps 30, 40, 50, then fine-tuning at 90% until step 69.
+    assert r["prune_steps"] == [30, 40, 50] and r["total_steps"] == steps[-1] == 70
+    assert r["prune_steps"][-1] < r["total_steps"] - 10  # the schedule ends early enough to recover
+    assert r["pruned_weights"] == round(0.9 * r["prunable_weights"])  # exactly 90% at the end
     assert sparsities[0] == 0.0 and sparsities[-1] == pytest.approx(0.9, abs=1e-4)
-    assert all(b > a for a, b in pairwise(sparsities))
+    assert all(b >= a for a, b in pairwise(sparsities))
+    assert sparsities.count(sparsities[-1]) >= 2  # evaluated while fine-tuning at 90%: the masks stay fixed
     assert all(b > a for a, b in pairwise(steps))
     assert pruned[0] == dense[0]  # the dense baseline forks from the model at the start of pruning
     assert all(math.isfinite(b) and b < 8.0 for b in pruned + dense)  # below 8 bits/char: it learned something
+    assert r["dense_bpc"] == dense[-1] and r["cost_bpc"] == pytest.approx(pruned[-1] - dense[-1])
+    assert json.loads((tmp_path / "results.json").read_text())["pruned_weights"] == r["pruned_weights"]
     assert (tmp_path / "char_lstm.png").stat().st_size > 1000
     assert any((tmp_path / "checkpoints").iterdir())
     out = capsys.readouterr().out
