@@ -111,7 +111,8 @@ def _all_true(leaves: list[Any]) -> list[jax.Array | None]:
 
     A one-device leaf's mask is built on the host, where ``jnp.ones_like``
     would compile a program for every new shape (a model has dozens), and all
-    of them are placed in one batched ``device_put``.
+    of them are placed in one batched ``device_put``, committed to a device
+    only where the leaf is.
     """
     out: list[Any] = [None] * len(leaves)
     host, where = [], []
@@ -122,7 +123,9 @@ def _all_true(leaves: list[Any]) -> list[jax.Array | None]:
             out[i] = jnp.ones_like(x, dtype=bool)
         else:
             host.append(i)
-            where.append(x.sharding if isinstance(x, jax.Array) else jax.devices()[0])
+            # Placed where the leaf is, and committed only if the leaf is: a jitted step that gets these
+            # masks on its first call and its own (uncommitted) outputs after would otherwise compile twice.
+            where.append(x.sharding if isinstance(x, jax.Array) and x.committed else None)
     placed = jax.device_put([np.ones(np.shape(leaves[i]), bool) for i in host], where)
     for i, m in zip(host, placed):
         out[i] = m

@@ -330,3 +330,21 @@ def test_a_broadcast_size_one_axis_is_no_unit():
     no_masks = jax.tree.map(lambda _: None, params)
     small, _ = jp.compact(params, no_masks, sets)
     assert jax.tree.map(jnp.shape, small) == jax.tree.map(jnp.shape, params)
+
+
+def test_prune_units_and_compact_keep_each_leaf_committed_or_not():
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {
+        "l0": {"kernel": jax.random.normal(k[0], (6, 4)), "bias": jnp.zeros(4)},
+        "l1": {"kernel": jax.device_put(jax.random.normal(k[1], (4, 3)), jax.devices()[0])},
+    }
+    units = jp.mlp_units(["l0", "l1"])
+    masks = jp.prune_units(jp.magnitude(params), jp.init_masks(params), units, sparsity=0.5)
+    assert [m.committed for m in (masks["l0"]["kernel"], masks["l1"]["kernel"])] == [False, True]
+    small, small_masks = jp.compact(params, masks, units)
+    assert [x.committed for x in (small["l0"]["kernel"], small["l0"]["bias"], small["l1"]["kernel"])] == [
+        False,
+        False,
+        True,
+    ]
+    assert small["l0"]["kernel"].shape == (6, 2) and not small_masks["l0"]["kernel"].committed

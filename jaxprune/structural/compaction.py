@@ -108,8 +108,8 @@ def cut(tree: PyTree, units: Sequence[Sequence[UnitAxis]], kept: Sequence, *, mi
             for a, take in axes:
                 y = np.take(y, take, axis=a)
             leaves[i] = y
-            if isinstance(x, jax.Array):
-                placed.append((i, next(iter(x.sharding.device_set))))
+            if isinstance(x, jax.Array):  # back where it was, committed only if it was
+                placed.append((i, next(iter(x.sharding.device_set)) if x.committed else None))
     if placed:
         on_device = jax.device_put([leaves[i] for i, _ in placed], [d for _, d in placed])
         for (i, _), y in zip(placed, on_device):

@@ -235,7 +235,9 @@ def _select_on_host(scores, masks, plans, target, scope, ord, round_to):
         for e, i, a in masked:
             host_masks[i] = host_masks[i] & _expand(keep, e, a, host_masks[i].shape, np)
     on_device = [i for i in host_masks if isinstance(masks[i], jax.Array)]
-    placed = jax.device_put([host_masks[i] for i in on_device], [masks[i].sharding for i in on_device])
+    # Committed to a device only where the old mask was (else a jitted step fed both would compile twice).
+    places = [masks[i].sharding if masks[i].committed else None for i in on_device]
+    placed = jax.device_put([host_masks[i] for i in on_device], places)
     new = [host_masks.get(i, m) for i, m in enumerate(masks)]
     for i, m in zip(on_device, placed):
         new[i] = m
