@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 import subprocess
@@ -148,23 +149,67 @@ def test_inspect_works_while_a_training_run_holds_the_directory(checkpoint, caps
     assert "step 10" in capsys.readouterr().out
 
 
+# Runs `jaxprune <args>` for each argument list, one after another in one fresh Python process (one import of
+# jax and torch, not one per command), each with file descriptors 1 and 2 redirected to files of its own: what
+# a user's terminal would show, including what C++ code or Python's warnings write. Every warning is shown
+# (not once per location), so a warning a command should not print cannot hide behind an earlier one.
+_CLI_DRIVER = """
+import json, os, sys, traceback, warnings
+warnings.simplefilter("always")
+from jaxprune.cli import main
+results = []
+saved = os.dup(1), os.dup(2)
+for i, args in enumerate(json.loads(sys.argv[2])):
+    paths = [os.path.join(sys.argv[1], f"{i}.{fd}") for fd in (1, 2)]
+    files = [open(p, "w+") for p in paths]
+    sys.stdout.flush(); sys.stderr.flush()
+    os.dup2(files[0].fileno(), 1); os.dup2(files[1].fileno(), 2)
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    except BaseException:
+        traceback.print_exc()
+        code = "raised"
+    finally:
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+    results.append([code] + [open(p).read() for p in paths])
+with open(os.path.join(sys.argv[1], "results.json"), "w") as f:
+    json.dump(results, f)
+"""
+
+
+def run_commands(tmp_path, commands):
+    """[(exit code, stdout, stderr)] of ``jaxprune *args`` for each of ``commands``, run in a fresh process."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    )
+    scratch = tmp_path / "cli_runs"
+    scratch.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLI_DRIVER, str(scratch), json.dumps(commands)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(r) for r in json.loads((scratch / "results.json").read_text())]
+
+
 def test_the_command_prints_one_line_and_no_traceback(checkpoint, tmp_path):
     directory, _, _ = checkpoint
     (tmp_path / "file").write_text("x")
     (directory / "10" / "layout" / "metadata").write_text("{damaged")
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
-    )
-    for args, message in [
+    cases = [
         (["export", str(directory), str(tmp_path / "file" / "x.npz")], "is not a directory"),
         (["inspect", str(directory)], "is damaged or incomplete"),
-    ]:
-        result = subprocess.run(
-            [sys.executable, "-m", "jaxprune.cli", *args], env=env, capture_output=True, text=True, timeout=60
-        )
-        assert result.returncode == 2 and result.stdout == "", result.stderr
-        assert result.stderr.count("\n") == 1 and result.stderr.startswith("jaxprune: error: "), result.stderr
-        assert message in result.stderr
+    ]
+    for (code, out, err), (_, message) in zip(run_commands(tmp_path, [args for args, _ in cases]), cases):
+        assert code == 2 and out == "", err
+        assert err.count("\n") == 1 and err.startswith("jaxprune: error: "), err
+        assert message in err
 
 
 class _NotAModel:  # what a pickle of an arbitrary object holds
@@ -182,21 +227,13 @@ def test_import_torch_of_a_file_torch_refuses_prints_only_its_own_line(tmp_path)
         "text.txt": b"hello world, not a model\n",  # the unpickler fails with a KeyError here
         "empty.pt": b"",
     }
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
-    )
     for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    commands = [["import-torch", str(tmp_path / name), str(tmp_path / f"out_{name}")] for name in files]
+    for name, (code, out, err) in zip(files, run_commands(tmp_path, commands)):
         path = tmp_path / name
-        path.write_bytes(data)
-        result = subprocess.run(
-            [sys.executable, "-m", "jaxprune.cli", "import-torch", str(path), str(tmp_path / f"out_{name}")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 2 and result.stdout == "", (name, result.stderr)
-        assert result.stderr.count("\n") == 1 and result.stderr.startswith("jaxprune: error: "), (name, result.stderr)
-        assert str(path) in result.stderr and "Traceback" not in result.stderr, (name, result.stderr)
-        assert "Weights only load failed" not in result.stderr and "Warning" not in result.stderr, (name, result.stderr)
+        assert code == 2 and out == "", (name, err)
+        assert err.count("\n") == 1 and err.startswith("jaxprune: error: "), (name, err)
+        assert str(path) in err and "Traceback" not in err, (name, err)
+        assert "Weights only load failed" not in err and "Warning" not in err, (name, err)
         assert not (tmp_path / f"out_{name}").exists()  # nothing written
