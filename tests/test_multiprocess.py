@@ -21,7 +21,8 @@ TIMEOUT = 240  # seconds for the whole run: a stuck collective must not stall th
 
 
 def env(devices):
-    out = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    out = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])
     return out
 
