@@ -194,3 +194,27 @@ def test_pruner_checks_its_structure_when_built():
         jp.Pruner(structure="rows", schedule=0.5)
     with pytest.raises(ValueError, match="NM structures fix their sparsity"):
         jp.Pruner(structure=jp.NM(2, 4), schedule=0.5)
+
+
+@pytest.mark.parametrize("kind", ["weights", "units"])
+def test_eager_updates_prune_when_due_without_compiling_a_cond_each_call(kind, caplog):
+    params = mlp([6, 8, 4])
+    pruner = jp.Pruner(
+        schedule=jp.schedules.linear(final=0.5, rounds=2, every=2, begin=1),
+        units=None if kind == "weights" else jp.mlp_units(["dense_0", "dense_1"])[:1],
+    )
+    jitted = jax.jit(pruner.update)
+    eager_state = jit_state = pruner.init(params)
+    states = []
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        for step in range(5):
+            before = eager_state
+            eager_state = pruner.update(eager_state, params, step)
+            jit_state = jitted(jit_state, params, step)
+            states.append((before, eager_state))
+            chex.assert_trees_all_equal(eager_state, jit_state)  # the same rounds, the same masks
+    compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not any("jit(cond)" in m for m in compiled), compiled  # eager calls decide in Python
+    # Steps 0, 2 and 4 are not due: the masks come back as they were, untouched; 1 and 3 prune.
+    assert [before.masks is after.masks for before, after in states] == [True, False, True, False, True]
+    assert int(eager_state.count) == 2

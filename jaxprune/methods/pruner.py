@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxprune import distributions
 from jaxprune import scores as scores_lib
@@ -34,6 +33,7 @@ from jaxprune._tree import (
 )
 from jaxprune.distributions import Distribution
 from jaxprune.masks import Where, apply_mask, compile_pattern, init_masks
+from jaxprune.methods.decide import when_due
 from jaxprune.pruning import Scope, check_structure, prune_to_targets
 from jaxprune.schedules import Schedule, constant
 from jaxprune.structural.unit_pruning import prune_units, unit_masks
@@ -206,7 +206,8 @@ class Pruner:
         """Prunes to the scheduled target if it rose since the last round; else returns ``state``.
 
         Jit-friendly: the decision is a ``lax.cond`` on traced values, so
-        calling it every step compiles once.
+        calling it every step compiles once. Called outside ``jit`` (between
+        epochs, say), it decides in Python and prunes only when due.
         """
         check_masks_match(params, state.masks, params_name="params", masks_name="state.masks")
         if self.units is not None:
@@ -234,7 +235,7 @@ class Pruner:
                 treedef, [None if g is None else jnp.where(due[g], n, o) for g, (_, n), (_, o) in zip(groups, new, old)]
             )
 
-        masks = lax.cond(jnp.any(due), do_prune, lambda m: m, state.masks)
+        masks = when_due(jnp.any(due), do_prune, state.masks)
         return PrunerState(
             masks,
             jnp.where(due, wanted, state.targets),
@@ -251,7 +252,7 @@ class Pruner:
                 scores, masks, units, sparsity=wanted[0], scope=self.scope, ord=self.ord, round_to=self.round_to
             )
 
-        masks = lax.cond(due, do_prune, lambda m: m, state.masks)
+        masks = when_due(due, do_prune, state.masks)
         return PrunerState(masks, jnp.where(due, wanted, state.targets), state.count + due.astype(jnp.int32))
 
     def _leaf_targets(

@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxprune import distributions
 from jaxprune import scores as scores_lib
@@ -29,6 +28,7 @@ from jaxprune._tree import PyTree, check_masks_match, check_shapes_match, leaves
 from jaxprune.counts import round_mul
 from jaxprune.distributions import Distribution
 from jaxprune.masks import Where, init_masks
+from jaxprune.methods.decide import when_due
 from jaxprune.pruning import prune
 from jaxprune.schedules import as_step
 from jaxprune.select import Lazy, count_true, lowest_k
@@ -164,6 +164,7 @@ class _DropAndGrow:
 
         Jit-friendly: the decision is a ``lax.cond`` on the traced step, so
         calling it every step compiles once.
+        Outside ``jit`` it decides in Python (``methods.decide``).
         """
         p_flat, m_leaves, treedef = check_masks_match(params, state.masks, masks_name="state.masks")
         live = [i for i, m in enumerate(m_leaves) if m is not None and m.size]
@@ -193,7 +194,7 @@ class _DropAndGrow:
                 new[i] = k | g
             return new
 
-        masks = lax.cond(due, move, lambda m: list(m), list(m_leaves))
+        masks = when_due(due, move, list(m_leaves))
         return SparseState(unflatten(treedef, masks), state.count + due.astype(jnp.int32))
 
 

@@ -25,12 +25,12 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxprune._checks import check_int
 from jaxprune._tree import PyTree, check_masks_match
 from jaxprune.distributions import Distribution
 from jaxprune.masks import Where
+from jaxprune.methods.decide import when_due
 from jaxprune.methods.pruner import Pruner, ScoreFn
 from jaxprune.methods.sparse_training import SparseState
 from jaxprune.pruning import Scope
@@ -88,6 +88,7 @@ class StraightThrough:
         """On steps ``step % every == 0``: masks from scratch at the schedule's target; else ``state``.
 
         Jit-friendly: the decision is a ``lax.cond`` on the traced step.
+        Outside ``jit`` it decides in Python (``methods.decide``).
         """
         check_masks_match(params, state.masks, masks_name="state.masks")
         step = as_step(step)
@@ -97,5 +98,5 @@ class StraightThrough:
             fresh = self._pruner.init(params)  # all-True: the previous masks play no part
             return self._pruner.update(fresh, params, step, grads=grads, key=key).masks
 
-        masks = lax.cond(due, recompute, lambda m: m, state.masks)
+        masks = when_due(due, recompute, state.masks)
         return SparseState(masks, state.count + due.astype(jnp.int32))
