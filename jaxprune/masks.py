@@ -19,6 +19,7 @@ import numpy as np
 from jax import tree_util
 
 from jaxprune._bits import pack_bits, packed_size, unpack_bits
+from jaxprune._placement import put_like
 from jaxprune._tree import PyTree, first_difference, is_floating, is_none, leaves_with_paths, map_masked, unflatten
 
 Where = Callable[[str, Any], bool] | str | PyTree | None
@@ -111,11 +112,10 @@ def _all_true(leaves: list[Any]) -> list[jax.Array | None]:
 
     A one-device leaf's mask is built on the host, where ``jnp.ones_like``
     would compile a program for every new shape (a model has dozens), and all
-    of them are placed in one batched ``device_put``, committed to a device
-    only where the leaf is.
+    of them are placed in one batched ``device_put`` (``put_like``).
     """
     out: list[Any] = [None] * len(leaves)
-    host, where = [], []
+    host = []
     for i, x in enumerate(leaves):
         if x is None:
             continue
@@ -123,10 +123,7 @@ def _all_true(leaves: list[Any]) -> list[jax.Array | None]:
             out[i] = jnp.ones_like(x, dtype=bool)
         else:
             host.append(i)
-            # Placed where the leaf is, and committed only if the leaf is: a jitted step that gets these
-            # masks on its first call and its own (uncommitted) outputs after would otherwise compile twice.
-            where.append(x.sharding if isinstance(x, jax.Array) and x.committed else None)
-    placed = jax.device_put([np.ones(np.shape(leaves[i]), bool) for i in host], where)
+    placed = put_like([np.ones(np.shape(leaves[i]), bool) for i in host], [leaves[i] for i in host])
     for i, m in zip(host, placed):
         out[i] = m
     return out

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._placement import put_like
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
 from jaxprune.structural.unit_pruning import kept_units
 from jaxprune.structural.unit_sets import UnitAxis, locate
@@ -108,10 +109,9 @@ def cut(tree: PyTree, units: Sequence[Sequence[UnitAxis]], kept: Sequence, *, mi
             for a, take in axes:
                 y = np.take(y, take, axis=a)
             leaves[i] = y
-            if isinstance(x, jax.Array):  # back where it was, committed only if it was
-                placed.append((i, next(iter(x.sharding.device_set)) if x.committed else None))
-    if placed:
-        on_device = jax.device_put([leaves[i] for i, _ in placed], [d for _, d in placed])
-        for (i, _), y in zip(placed, on_device):
-            leaves[i] = y
+            if isinstance(x, jax.Array):  # back where it was (NumPy leaves stay NumPy)
+                placed.append((i, x))
+    on_device = put_like([leaves[i] for i, _ in placed], [x for _, x in placed])
+    for (i, _), moved in zip(placed, on_device):
+        leaves[i] = moved
     return unflatten(treedef, leaves)

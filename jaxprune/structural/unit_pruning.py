@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxprune._checks import check_int, check_ord, check_scope
 from jaxprune._lazy import Lazy, evaluated
+from jaxprune._placement import put_like
 from jaxprune._tree import PyTree, check_masks_match, leaves_with_paths, unflatten
 from jaxprune.counts import alive_per_group, is_traced, num_pruned, parse_target
 from jaxprune.masks import init_masks, where_flags
@@ -235,9 +236,7 @@ def _select_on_host(scores, masks, plans, target, scope, ord, round_to):
         for e, i, a in masked:
             host_masks[i] = host_masks[i] & _expand(keep, e, a, host_masks[i].shape, np)
     on_device = [i for i in host_masks if isinstance(masks[i], jax.Array)]
-    # Committed to a device only where the old mask was (else a jitted step fed both would compile twice).
-    places = [masks[i].sharding if masks[i].committed else None for i in on_device]
-    placed = jax.device_put([host_masks[i] for i in on_device], places)
+    placed = put_like([host_masks[i] for i in on_device], [masks[i] for i in on_device])
     new = [host_masks.get(i, m) for i, m in enumerate(masks)]
     for i, m in zip(on_device, placed):
         new[i] = m
