@@ -90,8 +90,7 @@ def test_the_sdist_holds_the_project_files(dist):
     top = sdist.name.removesuffix(".tar.gz")
     with tarfile.open(sdist) as t:
         names = {n.removeprefix(f"{top}/") for n in t.getnames()}
-    wanted = {"README.md", "CHANGELOG.md", "pyproject.toml", "jaxprune/py.typed", "jaxprune/_version.py"}
-    wanted |= {"LICENSE"} if (ROOT / "LICENSE").exists() else set()
+    wanted = {"README.md", "CHANGELOG.md", "LICENSE", "pyproject.toml", "jaxprune/py.typed", "jaxprune/_version.py"}
     assert wanted - names == set()
 
 
