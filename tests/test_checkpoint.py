@@ -2,6 +2,7 @@ import gc
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,21 +137,30 @@ def test_missing_mismatched_and_damaged_checkpoints_raise_clear_errors(tmp_path)
         ckpt.restore(like={"w": jnp.ones((4, 5)), "m": jnp.ones((4, 4), bool)})
     with pytest.raises(ValueError, match="has 2 leaves but `like` has 3"):
         ckpt.restore(like={"w": jnp.ones((4, 4)), "m": jnp.ones((4, 4), bool), "z": jnp.ones(1)})
-    # Damage the array files: truncate every data file of the step.
-    for root, _, files in os.walk(tmp_path / "run" / "5" / "arrays"):
-        for f in files:
-            p = Path(root) / f
-            if p.stat().st_size > 0 and not f.startswith("_"):
-                p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
     ckpt.close()
-    with jp.Checkpointer(tmp_path / "run") as again, pytest.raises(ValueError, match="damaged or incomplete") as err:
-        again.restore(like={"w": jnp.ones((4, 4)), "m": jnp.ones((4, 4), bool)})
-    # A short message naming the step, the directory and what could not be read; Orbax's ~1 KB of
-    # TensorStore spec stays in the chained cause.
-    message = str(err.value)
-    assert len(message) < 300 and "tensorstore_spec" not in message, message
-    assert f"step 5 in {tmp_path / 'run'}" in message and re.search(r"leaf '(w|m)'|file 5/arrays/", message)
-    assert err.value.__cause__ is not None and "tensorstore" in str(err.value.__cause__)
+    like = {"w": jnp.ones((4, 4)), "m": jnp.ones((4, 4), bool)}
+    arrays = tmp_path / "run" / "5" / "arrays"
+    pristine = tmp_path / "pristine"
+    shutil.copytree(arrays, pristine)
+    # Damage the data files (TensorStore's), then the per-array metadata (JSON) alone: which of the two a
+    # restore reads first is Orbax's business, so each is damaged on its own.
+    for damaged, cause in (("data", "tensorstore"), ("array_metadatas", "Expecting value")):
+        shutil.rmtree(arrays)
+        shutil.copytree(pristine, arrays)
+        for root, _, files in os.walk(arrays):
+            for f in files:
+                p = Path(root) / f
+                is_metadata = "array_metadatas" in p.parts
+                if p.stat().st_size > 0 and not f.startswith("_") and is_metadata == (damaged == "array_metadatas"):
+                    p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+        with jp.Checkpointer(tmp_path / "run") as again, pytest.raises(ValueError, match="damaged or incomplete") as e:
+            again.restore(like=like)
+        # A short message naming the step, the directory and what could not be read; Orbax's ~1 KB of
+        # TensorStore spec (or its JSON error) stays in the chained cause.
+        message = str(e.value)
+        assert len(message) < 300 and "tensorstore_spec" not in message, (damaged, message)
+        assert f"step 5 in {tmp_path / 'run'}" in message and re.search(r"leaf '(w|m)'|file 5/arrays/", message)
+        assert e.value.__cause__ is not None and cause in str(e.value.__cause__), (damaged, e.value.__cause__)
 
 
 def test_a_process_killed_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
