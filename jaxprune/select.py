@@ -1,4 +1,4 @@
-"""Exact k-smallest selection over many arrays at once, without sorting them.
+"""Exact k-smallest selection over many arrays at once, by counting instead of sorting them.
 
 ``lowest_k`` marks, in each group of leaves, exactly ``k`` entries with the
 lowest scores. Sorting all N scores costs O(N log N) and gathers everything in
@@ -35,6 +35,14 @@ pattern (its *key*, see ``order_keys``), counting instead of sorting:
    a word (one more pass, run only when a group has more ties than it
    needs).
 
+Groups of at most ``_SORT_MAX`` (131,071) entries, whose bracket sample would
+be the whole group, are instead sorted whole (``method="sort"``; ``"auto"``
+picks it when every group is that small): the k-th sorted key is the
+threshold and a running count takes the ties. It gives the same marks, runs
+as fast at these sizes, and compiles to a program several times smaller,
+which is most of what a small model's first prune costs. (On sharded leaves
+such a group is gathered to sort it: at most 512 KB.)
+
 Order (lowest first, i.e. selected first):
   masked-out  <  NaN  <  -inf  <  negative  <  0  <  positive  <  +inf,
 where 0 takes in -0.0 and the float32 subnormals (|x| < 1.18e-38), which CPUs
@@ -56,6 +64,8 @@ from jax import lax
 
 from jaxprune._lazy import Lazy
 
+Method = Literal["auto", "count", "sort"]
+
 _U32 = jnp.uint32
 _MAX = 0xFFFFFFFF
 _MASKED, _NAN = 0, 1  # the two lowest keys; every non-NaN float maps above them
@@ -68,6 +78,7 @@ _PROBE_SIGMAS = 3.0  # interpolated probes' distance from the guess, in binomial
 _CURVATURE = 0.02  # extra probe margin, as a fraction of the first interval (|N(0,1)| varies ~8% over a bracket)
 _PROBES = 4  # probes per counting pass: count_true packs four predicates into one pass over memory
 _NARROW = 6.0  # interpolate only when the probes' window is under 1/_NARROW of the interval
+_SORT_MAX = 2 * _SAMPLE - 1  # groups up to this size are sorted whole: the bracket's sample would be all of them
 _F32_BELOW_2_32 = 4294967040.0  # largest float32 below 2**32: float offsets clip here before the uint32 cast
 
 
@@ -255,6 +266,7 @@ def lowest_k(
     *,
     num_alive: jax.Array | None = None,
     with_passes: Literal[False] = False,
+    method: Method = "auto",
 ) -> list[jax.Array]: ...
 
 
@@ -267,6 +279,7 @@ def lowest_k(
     *,
     num_alive: jax.Array | None = None,
     with_passes: Literal[True],
+    method: Method = "auto",
 ) -> tuple[list[jax.Array], jax.Array]: ...
 
 
@@ -278,6 +291,7 @@ def lowest_k(
     *,
     num_alive: jax.Array | None = None,
     with_passes: bool = False,
+    method: Method = "auto",
 ) -> list[jax.Array] | tuple[list[jax.Array], jax.Array]:
     """Marks exactly ``k[g]`` lowest entries in each group; returns bool arrays shaped like ``scores``.
 
@@ -293,14 +307,22 @@ def lowest_k(
         depends on it; the result is exact either way.
       with_passes: also return the number of passes over the scores (int32):
         the bracket's, the search's, the ties' when run, and the final one
-        that writes the marks.
+        that writes the marks (2 when sorting: the sort and the marks).
+      method: ``"count"`` searches by counting; ``"sort"`` sorts each group's
+        keys whole; ``"auto"`` sorts when every group has at most
+        ``_SORT_MAX`` entries, where the bracket's sample would be the whole
+        group anyway, so counting passes would only add work. Both give the
+        same marks; sorting compiles to a program several times smaller
+        (about 0.1 s instead of 0.6 s for a new model's shapes on CPU).
 
     Leaves without entries take no part; a group without entries marks nothing.
     """
+    if method not in ("auto", "count", "sort"):
+        raise ValueError(f"method must be 'auto', 'count' or 'sort', got {method!r}")
     lazy = [s if isinstance(s, Lazy) else Lazy(_identity, (s,)) for s in scores]
     shapes = [jax.eval_shape(s.fn, *s.args).shape for s in lazy]
     if any(math.prod(shape) == 0 for shape in shapes):
-        marked, passes = _skip_empty([_evaluate(s) for s in lazy], alive, groups, k)
+        marked, passes = _skip_empty([_evaluate(s) for s in lazy], alive, groups, k, method)
         return (marked, passes) if with_passes else marked
     num_groups = int(k.shape[0])
     members: list[list[int]] = [[] for _ in range(num_groups)]
@@ -309,6 +331,9 @@ def lowest_k(
         members[g].append(i)
         offsets.append(sizes[g])
         sizes[g] += math.prod(shape)
+    if method == "sort" or (method == "auto" and max(sizes) <= _SORT_MAX):
+        marked = _sort_select([_evaluate(s) for s in lazy], alive, members, shapes, k)
+        return (marked, jnp.int32(2)) if with_passes else marked
 
     def floats() -> list[jax.Array]:  # evaluated where used, fused into each pass, never stored (see Lazy)
         return [_evaluate(s) for s in lazy]
@@ -372,6 +397,24 @@ def lowest_k(
     return marked, 2 + search_passes + jnp.any(excess).astype(jnp.int32)  # the ties' one pass when run
 
 
+def _sort_select(floats: list[jax.Array], alive, members: list[list[int]], shapes, k: jax.Array) -> list[jax.Array]:
+    """``lowest_k`` by sorting each group's keys: the k-th lowest key is the threshold, and of the entries
+    keyed at it the first ones in flat order are taken (a running count over the group's flat order)."""
+    keys = [order_keys(s, a).reshape(-1) for s, a in zip(floats, alive)]
+    marked: list[jax.Array] = [jnp.zeros(shape, bool) for shape in shapes]
+    for g, m in enumerate(members):
+        if not m:
+            continue
+        flat = jnp.concatenate([keys[i] for i in m])
+        thresh = jnp.sort(flat)[jnp.maximum(k[g], 1) - 1]
+        below, tied = flat < thresh, flat == thresh
+        need = k[g].astype(_U32) - jnp.sum(below, dtype=_U32)
+        chosen = (below | (tied & (jnp.cumsum(tied, dtype=_U32) <= need))) & (k[g] > 0)
+        for i, part in zip(m, jnp.split(chosen, np.cumsum([keys[i].size for i in m])[:-1].tolist())):
+            marked[i] = part.reshape(shapes[i])
+    return marked
+
+
 def _identity(x: jax.Array) -> jax.Array:
     return x
 
@@ -380,7 +423,7 @@ def _evaluate(score: Lazy) -> jax.Array:
     return score.fn(*score.args).astype(jnp.float32)
 
 
-def _skip_empty(scores, alive, groups, k) -> tuple[list[jax.Array], jax.Array]:
+def _skip_empty(scores, alive, groups, k, method: Method) -> tuple[list[jax.Array], jax.Array]:
     """``lowest_k`` over the leaves that have entries, and its passes; empty leaves come back as empty masks."""
     full = [i for i, s in enumerate(scores) if s.size]
     out = [jnp.zeros(s.shape, bool) for s in scores]
@@ -393,6 +436,7 @@ def _skip_empty(scores, alive, groups, k) -> tuple[list[jax.Array], jax.Array]:
             [used.index(groups[i]) for i in full],
             k[jnp.asarray(used)],
             with_passes=True,
+            method=method,
         )
         for i, m in zip(full, marked):
             out[i] = m

@@ -5,11 +5,13 @@ from fractions import Fraction
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from jaxprune.counts import round_mul
+from jaxprune.select import _SORT_MAX as SORT_MAX
 from jaxprune.select import Lazy, count_true, lowest_k
 
 TINY = np.finfo(np.float32).tiny
@@ -36,13 +38,29 @@ def reference(scores, alive, groups, k):
     return out
 
 
-select = jax.jit(lowest_k, static_argnums=2)
+select = jax.jit(lowest_k, static_argnums=2, static_argnames="method")
 
 
 def check(scores, alive, groups, k):
-    got = select([jnp.asarray(s) for s in scores], [jnp.asarray(a) for a in alive], tuple(groups), jnp.asarray(k))
-    for g, r in zip(got, reference(scores, alive, groups, k)):
-        np.testing.assert_array_equal(np.asarray(g), r)
+    """Both engines against the reference: counting (any size) and sorting (what small groups get)."""
+    args = [jnp.asarray(s) for s in scores], [jnp.asarray(a) for a in alive], tuple(groups), jnp.asarray(k)
+    want = reference(scores, alive, groups, k)
+    for method in ("count", "sort"):
+        for g, r in zip(select(*args, method=method), want):
+            np.testing.assert_array_equal(np.asarray(g), r, err_msg=method)
+
+
+def test_auto_sorts_small_groups_and_counts_large_ones():
+    def primitives(sizes, groups):
+        scores, alive = [jnp.zeros(n) for n in sizes], [jnp.ones(n, bool) for n in sizes]
+        k = jnp.ones(max(groups) + 1, jnp.int32)
+        return {e.primitive.name for e in jax.make_jaxpr(lambda s: lowest_k(s, alive, groups, k))(scores).eqns}
+
+    assert "while" not in primitives([SORT_MAX, 5], (0, 1))
+    assert "while" in primitives([SORT_MAX + 1, 5], (0, 1))  # one large group: every group is counted
+    assert "while" in primitives([SORT_MAX, 1], (0, 0))
+    with pytest.raises(ValueError, match="method must be 'auto', 'count' or 'sort', got 'heap'"):
+        lowest_k([jnp.zeros(3)], [jnp.ones(3, bool)], (0,), jnp.ones(1, jnp.int32), method="heap")
 
 
 def test_random_leaves_against_reference():
@@ -89,9 +107,11 @@ def test_lazy_scores_select_what_the_computed_scores_select():
     w = [rng.integers(-4, 5, (300, 400)).astype(np.float32), rng.standard_normal((50, 7)).astype(np.float32)]
     alive = [rng.random(x.shape) > 0.3 for x in w]
     k = jnp.asarray([60000, 100], jnp.uint32)
-    lazy = jax.jit(lambda w, a: lowest_k([Lazy(lambda x: -jnp.abs(x), (x,)) for x in w], a, (0, 1), k))(w, alive)
-    for got, want in zip(lazy, reference([-np.abs(x) for x in w], alive, [0, 1], k)):
-        np.testing.assert_array_equal(np.asarray(got), want)
+    for method in ("count", "sort"):
+        scores = lambda w: [Lazy(lambda x: -jnp.abs(x), (x,)) for x in w]  # noqa: E731
+        lazy = jax.jit(lambda w, a: lowest_k(scores(w), a, (0, 1), k, method=method))(w, alive)  # noqa: B023
+        for got, want in zip(lazy, reference([-np.abs(x) for x in w], alive, [0, 1], k)):
+            np.testing.assert_array_equal(np.asarray(got), want, err_msg=method)
 
 
 def test_per_group_selection():
