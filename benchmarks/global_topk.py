@@ -7,7 +7,9 @@ Compares, on the same weights and in one run:
   * a sort-based JAX baseline: concatenate all |w|, sort, threshold at the k-th;
   * PyTorch: ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured, amount=0.9)``.
 
-Also: the passes over the scores that jaxprune's search made; each method's
+Also: the passes over the scores that jaxprune's search made; on small models
+(at most 131,071 weights, which ``prune`` selects by sorting), the first call
+(trace, compile, run) and later calls, counting vs sorting; each method's
 peak host memory above its weights (in a child process each, after setting the
 weights up); and with --sharded, 1.07B weights sharded over 8 simulated CPU
 devices (a child process): time, and per-device memory from the compiled
@@ -66,6 +68,41 @@ def search_passes(params: dict, k: int) -> int:
         )[1]
     )
     return int(select(weights))
+
+
+SMALL_MODELS = {  # name -> kernel shapes; every model here has at most select._SORT_MAX weights
+    "MLP 20-16-12-4 (the tests' model)": [(20, 16), (16, 12), (12, 4)],
+    "2-layer LSTM, 32 in, 64 hidden": [(256, 32), (256, 64), (256, 64), (256, 64)],
+    "MLP 256-256-128-10": [(256, 256), (256, 128), (128, 10)],
+    "one 300 x 400 kernel": [(300, 400)],
+}
+
+
+def first_call_on_small_models(sparsity: float, repeats: int) -> dict:
+    """Global selection on small models (|w| of each kernel) by counting and by sorting, in fresh jits.
+
+    The first call traces, compiles and runs: what a new model's first ``prune`` pays. ``"auto"``
+    (what ``prune`` uses) sorts every model here.
+    """
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, shapes in SMALL_MODELS.items():
+        weights = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
+        alive = [jnp.ones(s, bool) for s in shapes]
+        k = jnp.asarray([round(sparsity * sum(w.size for w in weights))])
+        row, marks = {"weights": sum(w.size for w in weights)}, {}
+        for method in ("count", "sort"):
+            select = jax.jit(
+                lambda ws, a, k, method=method: lowest_k([jnp.abs(w) for w in ws], a, (0,) * len(ws), k, method=method)
+            )
+            start = time.perf_counter()
+            marks[method] = jax.block_until_ready(select(weights, alive, k))
+            row[f"{method}_first_call_seconds"] = time.perf_counter() - start
+            args = (weights, alive, k)
+            row[f"{method}_seconds"] = best_of(lambda select=select, args=args: select(*args), repeats)
+        row["same_masks"] = all(bool(jnp.array_equal(a, b)) for a, b in zip(marks["count"], marks["sort"]))
+        out[name] = row
+    return out
 
 
 def torch_modules(params: dict, size: int):
@@ -169,6 +206,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-sort", action="store_true")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     ap.add_argument("--no-sharded", action="store_true", help="skip the 1.07B-weight sharded row")
+    ap.add_argument("--no-small", action="store_true", help="skip the first-call table on small models")
     ap.add_argument("--child", choices=["stored", "lazy", "torch", "sharded"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
@@ -285,6 +323,26 @@ def main(argv=None) -> dict:
             f"{per['new_masks'] / 2**20:,.0f} MiB, scratch {per['temp'] / 2**20:,.1f} MiB "
             f"(one leaf: {s['whole_leaf_bytes'] / 2**20:,.0f} MiB whole, "
             f"{s['one_leaf_per_device_bytes'] / 2**20:,.0f} MiB per device)"
+        )
+    if not args.no_small:
+        results["small_models"] = small = first_call_on_small_models(args.sparsity, max(args.repeats, 10))
+        print("\nsmall models (select._SORT_MAX or fewer weights): global selection of |w| by counting and by sorting")
+        print(
+            table(
+                ["model", "weights", "first call: count", "sort", "after: count", "sort", "same masks"],
+                [
+                    [
+                        name,
+                        f"{r['weights']:,}",
+                        f"{r['count_first_call_seconds']:.2f} s",
+                        f"{r['sort_first_call_seconds']:.2f} s",
+                        f"{1e3 * r['count_seconds']:.2f} ms",
+                        f"{1e3 * r['sort_seconds']:.2f} ms",
+                        r["same_masks"],
+                    ]
+                    for name, r in small.items()
+                ],
+            )
         )
     path = write("global_topk_quick" if args.quick else "global_topk", results)
     print(f"wrote {path}")
