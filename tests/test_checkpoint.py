@@ -1,5 +1,6 @@
 import gc
 import json
+import logging
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -457,11 +459,14 @@ def test_save_without_waiting_lands_on_close(tmp_path):
         np.testing.assert_array_equal(reader.restore(LIKE)["x"], [1.0] * 3)
 
 
-def test_a_failed_restore_leaves_no_event_loop_noise(tmp_path, monkeypatch):
+def test_a_failed_restore_leaves_no_event_loop_noise(tmp_path, monkeypatch, caplog):
     # Orbax closes its event loop when one read fails; TensorStore's other reads then report
-    # RuntimeError('Event loop is closed') to sys.unraisablehook (pytest's warning) later on.
+    # RuntimeError('Event loop is closed') to sys.unraisablehook (pytest's warning) later on, the garbage
+    # collector's closing of an unfinished read coroutine reports there too, and a read task that failed
+    # unobserved is logged by asyncio ("Task exception was never retrieved", with TensorStore's spec).
     reports = []
     monkeypatch.setattr(sys, "unraisablehook", reports.append)
+    caplog.set_level(logging.ERROR, logger="asyncio")
     state = {f"w{i}": jnp.full(16, float(i)) for i in range(32)}  # many reads in flight when one fails
     with jp.Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state)
@@ -477,3 +482,71 @@ def test_a_failed_restore_leaves_no_event_loop_noise(tmp_path, monkeypatch):
     time.sleep(0.5)  # the abandoned reads finish in the background
     gc.collect()
     assert [str(r.exc_value) for r in reports] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+def orbax_function(source: str, name: str):
+    """A function defined in a file of Orbax's (for the filters' test)."""
+    namespace: dict = {}
+    exec(compile(source, "/site-packages/orbax/checkpoint/_src/serialization/serialization.py", "exec"), namespace)
+    return namespace[name]
+
+
+def test_the_abandoned_read_filters_drop_only_orbaxs_abandoned_reads(monkeypatch, caplog):
+    from jaxprune.checkpoint.checkpointer import _ignore_abandoned_reads
+
+    reports = []
+    monkeypatch.setattr(sys, "unraisablehook", reports.append)
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
+    _ignore_abandoned_reads()
+    _ignore_abandoned_reads()  # once each: the hook is not wrapped twice, the filter not added twice
+    assert len(logging.getLogger("asyncio").filters) == 1 and sys.unraisablehook.previous == reports.append
+
+    # sys.unraisablehook: an Orbax coroutine closed by the garbage collector (its GeneratorExit turned into an
+    # Exception by Orbax) and the closed loop's RuntimeError are dropped; any other coroutine or cause passes.
+    orbax_read = orbax_function("async def _read(): pass", "_read")
+    namespace: dict = {}
+    exec("async def mine(): pass", namespace)
+
+    def report(coroutine, cause):
+        exc = Exception("Encountered error while reading array index")
+        exc.__cause__ = cause
+        return types.SimpleNamespace(exc_value=exc, object=coroutine)
+
+    coroutines = [orbax_read(), namespace["mine"](), orbax_read()]
+    for coroutine, cause in zip(coroutines, [GeneratorExit(), GeneratorExit(), ValueError("disk")]):
+        sys.unraisablehook(report(coroutine, cause))
+        coroutine.close()
+    sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None))
+    sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError("something else"), object=None))
+    assert [(r.object.__name__ if r.object else None, type(r.exc_value.__cause__).__name__) for r in reports] == [
+        ("mine", "GeneratorExit"),
+        ("_read", "ValueError"),
+        (None, "NoneType"),
+    ]
+
+    # asyncio's "... exception was never retrieved": dropped for a TensorStore error, a task whose coroutine is
+    # Orbax's, or an exception raised through Orbax's code; kept for anything else, and other records kept.
+    def raised_in(function):
+        try:
+            function()
+        except ValueError as e:
+            return e
+
+    through_orbax = raised_in(orbax_function("def load():\n    raise ValueError('bad json')", "load"))
+    tensorstore = ValueError("DATA_LOSS: Error opening \"zarr\" driver [tensorstore_spec='{}']")
+    orbax_task = "future: <Task finished coro=<Store.read() done, defined at /x/orbax/checkpoint/_src/m.py:9>>"
+    asyncio_log = logging.getLogger("asyncio")
+    for exc, future in [
+        (tensorstore, "future: <Future finished>"),
+        (ValueError("bad json"), orbax_task),
+        (through_orbax, "future: <Future finished>"),
+        (ValueError("mine"), "future: <Future finished>"),
+    ]:
+        asyncio_log.error(f"Future exception was never retrieved\n{future}", exc_info=(ValueError, exc, None))
+    asyncio_log.error("Unhandled exception in event loop", exc_info=(ValueError, tensorstore, None))
+    logged = [(r.getMessage().splitlines()[0], str(r.exc_info[1])) for r in caplog.records if r.name == "asyncio"]
+    assert logged == [
+        ("Future exception was never retrieved", "mine"),
+        ("Unhandled exception in event loop", str(tensorstore)),
+    ]

@@ -40,22 +40,49 @@ def _ignore_abandoned_reads() -> None:
     """Drops the reports of the reads that Orbax abandoned when a restore failed.
 
     Orbax runs each restore in a fresh event loop and closes it as soon as one
-    read fails, while TensorStore is still finishing the others; when they
-    finish, TensorStore's threads call ``call_soon_threadsafe`` on the closed
-    loop, and the ``RuntimeError('Event loop is closed')`` goes to
-    ``sys.unraisablehook`` ("Exception ignored in: None", a
-    ``PytestUnraisableExceptionWarning`` under pytest), at some later moment.
-    The restore has raised already, so the reports say nothing new. Wrapped
-    around the current hook before a restore reads (once per hook); every other
-    report goes to that hook.
+    read fails, while TensorStore is still finishing the others. The restore
+    has raised already (a short ``ValueError`` with Orbax's error as its
+    cause), so what the abandoned reads report later, at some unrelated-looking
+    moment and often with kilobytes of TensorStore spec, says nothing new:
 
-    Restoring onto a given sharding, Orbax reads the arrays' metadata in a task
-    beside the data; when the loop closes before that task starts, Python warns
-    that the coroutine was never awaited: that warning is dropped too.
+    * TensorStore's threads call ``call_soon_threadsafe`` on the closed loop,
+      and the ``RuntimeError('Event loop is closed')`` goes to
+      ``sys.unraisablehook`` ("Exception ignored in: None", a
+      ``PytestUnraisableExceptionWarning`` under pytest);
+    * the garbage collector closes an unfinished Orbax coroutine, which Orbax
+      turns from ``GeneratorExit`` into an ``Exception``: also reported to
+      ``sys.unraisablehook``;
+    * futures and tasks that failed after the first are collected with their
+      exceptions never retrieved, and asyncio logs each as an error ("Future
+      exception was never retrieved", "Task ...", "_GatheringFuture ...").
+
+    Before a restore reads, the hook is wrapped and the ``asyncio`` logger
+    filtered (once each). They drop exactly those reports, where the object,
+    coroutine or exception is Orbax's or TensorStore's, and pass every other.
+    Restoring onto a given sharding, Orbax reads the arrays' metadata in a
+    task beside the data; when the loop closes before that task starts, Python
+    warns that the coroutine was never awaited: that warning is dropped too.
     """
     warnings.filterwarnings("ignore", _UNAWAITED_METADATA, RuntimeWarning)  # a no-op when already in place
     if not isinstance(sys.unraisablehook, _AbandonedReadsFilter):
         sys.unraisablehook = _AbandonedReadsFilter(sys.unraisablehook)
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedFuturesFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedFuturesFilter())
+
+
+_ORBAX_FILE = re.compile(r"[\\/]orbax[\\/]checkpoint[\\/]")
+_NEVER_RETRIEVED = re.compile(r"\w+ exception was never retrieved")
+
+
+def _orbax_traceback(exc: BaseException | None) -> bool:
+    """Whether ``exc`` was raised through Orbax's code."""
+    tb = getattr(exc, "__traceback__", None)
+    while tb is not None:
+        if _ORBAX_FILE.search(tb.tb_frame.f_code.co_filename):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class _AbandonedReadsFilter:
@@ -65,9 +92,28 @@ class _AbandonedReadsFilter:
         self.previous = previous
 
     def __call__(self, report: Any) -> None:
-        exc = report.exc_value
-        if not (report.object is None and isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+        exc, obj = report.exc_value, report.object
+        loop_closed = obj is None and isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+        code = getattr(obj, "cr_code", None)  # an Orbax coroutine closed by the garbage collector
+        coroutine_closed = (
+            code is not None
+            and _ORBAX_FILE.search(code.co_filename) is not None
+            and isinstance(getattr(exc, "__cause__", None), GeneratorExit)
+        )
+        if not (loop_closed or coroutine_closed):
             self.previous(report)
+
+
+class _AbandonedFuturesFilter(logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" for Orbax's and TensorStore's abandoned futures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _NEVER_RETRIEVED.match(str(record.msg)):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        orbax_task = _ORBAX_FILE.search(record.getMessage()) is not None  # "coro=<...> defined at .../orbax/..."
+        tensorstore = "tensorstore_spec" in str(exc)  # TensorStore's errors end with the spec they opened
+        return not (orbax_task or tensorstore or _orbax_traceback(exc))
 
 
 def _release(manager: ocp.CheckpointManager, lock: int | None) -> None:
