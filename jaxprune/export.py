@@ -19,8 +19,7 @@ import numpy as np
 from jax.experimental import sparse
 
 from jaxprune._bits import pack_bits, packed_size, unpack_bits
-from jaxprune._tree import PyTree, check_masks_match, is_none, leaves_with_paths, unflatten
-from jaxprune.masks import finalize
+from jaxprune._tree import PyTree, check_masks_match, is_none, unflatten
 from jaxprune.structural.compaction import compact  # noqa: F401  (its old import path)
 
 
@@ -51,21 +50,34 @@ _FORMATS = ("bcoo", "bitmap")
 def to_sparse(params: PyTree, masks: PyTree, *, format: str = "bcoo") -> PyTree:
     """Every leaf with a mask as a sparse leaf (``BCOO`` or ``Bitmap``); other leaves unchanged.
 
-    Host-side (not under ``jit``): the number of kept entries sets the sizes.
+    The sparse form stores exactly the entries the mask keeps, in row-major
+    order (a kept weight that happens to be 0 is stored too): a ``BCOO``'s
+    ``indices`` are ``argwhere(mask)`` as int32, its ``data`` the kept values.
+    Host-side (not under ``jit``): the number of kept entries sets the sizes,
+    and the leaves are read back to the host (NumPy), so nothing is compiled.
     """
     if format not in _FORMATS:
         raise ValueError(f"`format` must be one of {_FORMATS}, got {format!r}.")
     p_flat, m_leaves, treedef = check_masks_match(params, masks)
-    dense = [p for _, p in leaves_with_paths(finalize(params, masks))[0]]
     out = []
-    for (_, p), d, m in zip(p_flat, dense, m_leaves):
+    for (_, p), m in zip(p_flat, m_leaves):
         if m is None:
             out.append(p)
-        elif format == "bcoo":
-            out.append(sparse.BCOO.fromdense(d, nse=int(jnp.sum(m))))
+            continue
+        keep, values = np.asarray(m), np.asarray(p)
+        kept = values[keep]
+        if format == "bcoo":
+            indices = np.argwhere(keep).astype(np.int32)  # row-major, as BCOO.fromdense orders them
+            out.append(
+                sparse.BCOO(
+                    (jax.device_put(kept), jax.device_put(indices)),  # jnp.asarray would compile a copy
+                    shape=keep.shape,
+                    indices_sorted=True,
+                    unique_indices=True,
+                )
+            )
         else:
-            keep = np.asarray(m)
-            out.append(Bitmap(pack_bits(keep), np.asarray(d)[keep], tuple(m.shape)))
+            out.append(Bitmap(pack_bits(keep), kept, tuple(m.shape)))
     return unflatten(treedef, out)
 
 

@@ -39,6 +39,21 @@ def test_sparse_round_trip_is_exact(fmt):
         jp.to_sparse(params, masks, format="csr")
 
 
+def test_bcoo_stores_exactly_the_kept_entries_without_compiling(caplog):
+    w = jnp.asarray([[0.0, 1.0, 2.0, 0.5], [3.0, 0.0, 5.0, -1.0], [7.0, 8.0, 0.0, 9.0]])  # a shape of its own
+    mask = jnp.asarray([[True, False, True, False], [False, True, True, False], [True, False, True, True]])
+    params, masks = {"w": w, "b": jnp.ones(4)}, {"w": mask, "b": None}
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        sp = jp.to_sparse(params, masks)
+    assert not [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    # The mask's kept positions in row-major order, kept zeros (at [0, 0], [1, 1] and [2, 2]) included.
+    np.testing.assert_array_equal(sp["w"].indices, np.argwhere(np.asarray(mask)))
+    np.testing.assert_array_equal(sp["w"].data, np.asarray(w)[np.asarray(mask)])
+    assert sp["w"].indices.dtype == jnp.int32 and sp["w"].nse == int(mask.sum()) and sp["b"] is params["b"]
+    np.testing.assert_array_equal(jp.to_dense(sp)["w"], jp.finalize(params, masks)["w"])
+    np.testing.assert_allclose(sp["w"] @ jnp.arange(4.0), jp.finalize(params, masks)["w"] @ jnp.arange(4.0))
+
+
 def test_size_report_at_90_percent():
     params = {"w": jnp.ones((1000, 1000))}
     masks = jp.prune(jp.random(jax.random.key(0), params), jp.init_masks(params), sparsity=0.9)
