@@ -318,7 +318,7 @@ def lowest_k(
     Leaves without entries take no part; a group without entries marks nothing.
     """
     if method not in ("auto", "count", "sort"):
-        raise ValueError(f"method must be 'auto', 'count' or 'sort', got {method!r}")
+        raise ValueError(f"`method` must be 'auto', 'count' or 'sort', got {method!r}.")
     lazy = [s if isinstance(s, Lazy) else Lazy(_identity, (s,)) for s in scores]
     shapes = [jax.eval_shape(s.fn, *s.args).shape for s in lazy]
     if any(math.prod(shape) == 0 for shape in shapes):

@@ -59,7 +59,7 @@ def test_auto_sorts_small_groups_and_counts_large_ones():
     assert "while" not in primitives([SORT_MAX, 5], (0, 1))
     assert "while" in primitives([SORT_MAX + 1, 5], (0, 1))  # one large group: every group is counted
     assert "while" in primitives([SORT_MAX, 1], (0, 0))
-    with pytest.raises(ValueError, match="method must be 'auto', 'count' or 'sort', got 'heap'"):
+    with pytest.raises(ValueError, match="`method` must be 'auto', 'count' or 'sort', got 'heap'"):
         lowest_k([jnp.zeros(3)], [jnp.ones(3, bool)], (0,), jnp.ones(1, jnp.int32), method="heap")
 
 
