@@ -55,10 +55,20 @@ def to_sparse(params: PyTree, masks: PyTree, *, format: str = "bcoo") -> PyTree:
     ``indices`` are ``argwhere(mask)`` as int32, its ``data`` the kept values.
     Host-side (not under ``jit``): the number of kept entries sets the sizes,
     and the leaves are read back to the host (NumPy), so nothing is compiled.
+
+    Raises:
+      ValueError: ``format`` is not ``"bcoo"`` or ``"bitmap"``; a masked leaf
+        spans devices of other processes (gather it first).
     """
     if format not in _FORMATS:
         raise ValueError(f"`format` must be one of {_FORMATS}, got {format!r}.")
     p_flat, m_leaves, treedef = check_masks_match(params, masks)
+    for (path, p), m in zip(p_flat, m_leaves):
+        if m is not None and not all(getattr(x, "is_fully_addressable", True) for x in (p, m)):
+            raise ValueError(
+                f"to_sparse reads each leaf to this host, but {path!r} spans other processes' devices; "
+                "gather it first (jax.experimental.multihost_utils.process_allgather) or call it on one process."
+            )
     out = []
     for (_, p), m in zip(p_flat, m_leaves):
         if m is None:

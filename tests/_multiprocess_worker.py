@@ -178,6 +178,11 @@ def run(port, process_id, directory):
         except RuntimeError as e:
             flat_error = str(e)
     mark("saved and restored")
+    try:
+        jp.to_sparse(params, masks)  # leaves span both hosts: a clear error, before any read
+        sparse_error = None
+    except ValueError as e:
+        sparse_error = str(e)
     same = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.array_equal(a, b), restored, state))
     restored_sharding_kept = all(
         a.sharding.is_equivalent_to(b.sharding, a.ndim)
@@ -197,6 +202,7 @@ def run(port, process_id, directory):
         "pruned_weights_zero": zero_ok,
         "lock_errors": lock_errors,
         "restore_flat_error": flat_error,
+        "to_sparse_error": sparse_error,
         "restored_same": all(bool(x) for x in same),
         "restored_sharding_kept": restored_sharding_kept,
         "packed_sharding_kept": packed.sharding.is_equivalent_to(mask.sharding, 2),

@@ -115,6 +115,7 @@ def test_checkpoints_across_processes_restore_on_any_mesh(results):
     for r in pair:
         assert r["restored_same"] and r["restored_sharding_kept"] and r["packed_sharding_kept"]
         assert "use restore(like=...)" in r["restore_flat_error"]
+        assert "'a' spans other processes' devices; gather it first" in r["to_sparse_error"]
         # The checksum moves only each device's two partial sums between devices; the mask packing nothing.
         assert all(size <= 8 for _, size in r["checksum_collectives"]), r["checksum_collectives"]
         assert r["pack_collectives"] == [], r["pack_collectives"]
