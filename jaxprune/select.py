@@ -401,7 +401,7 @@ def _sort_select(floats: list[jax.Array], alive, members: list[list[int]], shape
     """``lowest_k`` by sorting each group's keys: the k-th lowest key is the threshold, and of the entries
     keyed at it the first ones in flat order are taken (a running count over the group's flat order)."""
     keys = [order_keys(s, a).reshape(-1) for s, a in zip(floats, alive)]
-    marked: list[jax.Array] = [jnp.zeros(shape, bool) for shape in shapes]
+    marked: dict[int, jax.Array] = {}  # every leaf is in exactly one group
     for g, m in enumerate(members):
         if not m:
             continue
@@ -412,7 +412,7 @@ def _sort_select(floats: list[jax.Array], alive, members: list[list[int]], shape
         chosen = (below | (tied & (jnp.cumsum(tied, dtype=_U32) <= need))) & (k[g] > 0)
         for i, part in zip(m, jnp.split(chosen, np.cumsum([keys[i].size for i in m])[:-1].tolist())):
             marked[i] = part.reshape(shapes[i])
-    return marked
+    return [marked[i] for i in range(len(shapes))]
 
 
 def _identity(x: jax.Array) -> jax.Array:
